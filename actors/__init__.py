@@ -1,0 +1,1 @@
+"""Ray side of chatdf: the per-user session actor, the dataset and SQL tasks, the model client."""

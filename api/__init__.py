@@ -1,0 +1,1 @@
+"""The stateless FastAPI edge: REST routes, app factory and the chatdf command."""

@@ -1,0 +1,135 @@
+"""All configuration of chatdf, read from environment variables in one place."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DAY_S = 24 * 3600
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; environment variable names are the field names upper-cased."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    # Storage and runtime
+    database_url: str = ""  # empty: sqlite file under ./data/
+    data_dir: str = "./data"
+    ray_address: str = ""  # empty: start an embedded local Ray
+    ray_namespace: str = "chatdf"
+    ray_num_cpus: int | None = None  # embedded Ray only
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Auth
+    dev_login: bool | None = None  # None: on only when bound to loopback
+    require_referral_key: bool = False
+    session_ttl_s: int = 7 * DAY_S
+    app_url: str = "/"  # where the OAuth callback redirects the browser
+    google_client_id: str = ""
+    google_client_secret: str = ""
+    google_redirect_uri: str = "http://127.0.0.1:8000/auth/google/callback"
+    google_auth_url: str = "https://accounts.google.com/o/oauth2/v2/auth"
+    google_token_url: str = "https://oauth2.googleapis.com/token"
+    google_userinfo_url: str = "https://openidconnect.googleapis.com/v1/userinfo"
+    oauth_state_ttl_s: int = 600
+    cookie_secure: bool = False
+
+    # WebSocket
+    heartbeat_interval: float = 30.0
+    heartbeat_timeout: float = 90.0
+    cors_origins: str = "http://localhost:3000,http://127.0.0.1:3000,http://localhost:5173"
+    ws_max_frame_bytes: int = 64 * 1024
+
+    # Session actors
+    actor_idle_timeout_s: float = 900.0
+    actor_reap_interval_s: float = 60.0
+    subscriber_queue_max: int = 10_000
+
+    # Model
+    gemini_api_key: str = ""
+    gemini_model: str = "gemini-2.5-flash"
+    gemini_base_url: str = ""
+    llm_max_retries: int = 3
+    llm_backoff_s: float = 1.0
+    max_tool_calls: int = 5
+    max_sql_retries: int = 3
+    context_max_messages: int = 50
+    context_max_chars: int = 200_000
+    max_message_chars: int = 20_000
+
+    # Budgets
+    token_limit: int = 5_000_000
+    token_window_s: int = DAY_S
+    token_warning_ratio: float = 0.8
+    usage_prune_interval_s: float = 3600.0
+
+    # Datasets
+    max_datasets_per_conversation: int = 5
+    dataset_allow_private_hosts: bool = False
+    dataset_connect_timeout_s: float = 10.0
+    dataset_read_timeout_s: float = 30.0
+    dataset_total_timeout_s: float = 300.0
+    dataset_max_bytes: int = 2 * 1024**3
+    dataset_cache_dir: str = ""  # empty: <data_dir>/cache
+    dataset_max_redirects: int = 5
+
+    # SQL
+    query_timeout_s: float = 60.0
+    query_max_rows: int = 1000
+    query_memory_bytes: int = 2 * 1024**3
+    max_sql_chars: int = 20_000
+
+    # Misc
+    log_level: str = "INFO"
+    extra_allowed_hosts: list[str] = Field(default_factory=list)
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL with a relative SQLite path made absolute (Ray workers run elsewhere)."""
+        if not self.database_url:
+            return f"sqlite:///{(Path(self.data_dir) / 'chatdf.db').resolve()}"
+        prefix = "sqlite:///"
+        if self.database_url.startswith(prefix) and not self.database_url.startswith(prefix + "/"):
+            rel = self.database_url[len(prefix) :]
+            if rel and rel != ":memory:":
+                return prefix + str(Path(rel).resolve())
+        return self.database_url
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        """Node-local directory for downloaded dataset files."""
+        return Path(self.dataset_cache_dir or Path(self.data_dir) / "cache").resolve()
+
+    @property
+    def allowed_origins(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def dev_login_enabled(self) -> bool:
+        if self.dev_login is not None:
+            return self.dev_login
+        return is_loopback_host(self.host)
+
+    @property
+    def llm_configured(self) -> bool:
+        return bool(self.gemini_api_key)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for names and addresses that only this machine can reach."""
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, with explicit overrides winning."""
+    return Settings(**overrides)  # type: ignore[arg-type]

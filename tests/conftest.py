@@ -1,0 +1,42 @@
+"""Shared fixtures: one real local Ray per test session, settings on a fresh SQLite file."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+
+from chatdf.settings import Settings
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """A single real Ray instance shared by every test that needs Ray (init costs ~3-4 s)."""
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=4,
+            include_dashboard=False,
+            namespace="chatdf-tests",
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings on a fresh SQLite file; loopback dataset hosts allowed (the fakes live there)."""
+    return Settings(
+        database_url=f"sqlite:///{tmp_path / 'chatdf.db'}",
+        data_dir=str(tmp_path),
+        dataset_allow_private_hosts=True,
+        ray_namespace="chatdf-tests",
+        llm_backoff_s=0.01,
+    )

@@ -1,0 +1,1 @@
+"""The /ws endpoint, its connection registry and heartbeat."""
