@@ -10,6 +10,7 @@ import pytest
 import ray
 
 from chatdf.settings import Settings
+from tests.live import LiveServer
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -40,3 +41,12 @@ def settings(tmp_path: Path) -> Settings:
         ray_namespace="chatdf-tests",
         llm_backoff_s=0.01,
     )
+
+
+@pytest.fixture
+def live(ray_session: None, settings: Settings) -> Iterator[LiveServer]:
+    """The real edge under uvicorn on a loopback port, on this test's SQLite file."""
+
+    server = LiveServer(settings).start()
+    yield server
+    server.stop()

@@ -1,0 +1,257 @@
+"""Chat inside a session actor: admits messages, runs turns as tasks, saves and reports them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors.budget import TokenBudget
+from actors.datasets import DatasetLoader
+from chatdf import events
+from chatdf.db import Database, Message, new_id, utcnow
+from chatdf.errors import BadRequest, ChatdfError, Conflict, OverBudget, Unavailable
+from chatdf.settings import Settings
+from chatdf.store import (
+    dataset_json,
+    datasets_of,
+    history_json,
+    message_json,
+    messages_of,
+    owned_conversation,
+    touch,
+)
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[dict[str, Any]], Awaitable[None]]
+NO_MODEL = "The model is not configured: set GEMINI_API_KEY to chat (datasets and SQL still work)"
+UNEXPECTED = "Something went wrong while generating the answer"
+
+
+@dataclass
+class RunningTurn:
+    message_id: str
+    task: asyncio.Task[None] | None = None
+    partial: Callable[[], dict[str, Any]] = field(default=lambda: {})
+
+
+class ChatRunner:
+    """One user's turns: at most one per conversation, any number across conversations."""
+
+    def __init__(
+        self,
+        user_id: str,
+        settings: Settings,
+        db: Database,
+        publish: Publish,
+        budget: TokenBudget,
+        datasets: DatasetLoader,
+    ) -> None:
+        self.user_id = user_id
+        self.settings = settings
+        self.db = db
+        self.publish = publish
+        self.budget = budget
+        self.datasets = datasets
+        self._turns: dict[str, RunningTurn] = {}
+        self._llm: Any = None
+
+    def running_count(self) -> int:
+        return len(self._turns)
+
+    # Admission -----------------------------------------------------------------------------
+
+    async def post(self, conversation_id: str, content: object) -> dict[str, Any]:
+        """Saves the user message and starts a turn; 409 while one runs, 429 over budget."""
+        text = self._validate(content)
+        await asyncio.to_thread(self._check_owner, conversation_id)
+        if conversation_id in self._turns:
+            raise Conflict("A response is already being generated for this conversation")
+        if self.budget.is_exceeded():
+            await self.publish(self.budget.exceeded_event(conversation_id).wire())
+            self.budget.check()
+        if not self.settings.llm_configured:
+            await self.publish(
+                events.ChatError(conversation_id=conversation_id, error=NO_MODEL).wire()
+            )
+            raise Unavailable(NO_MODEL)
+        turn = RunningTurn(message_id=new_id())
+        self._turns[conversation_id] = turn  # claimed before any await: no double turn
+        try:
+            await asyncio.to_thread(self._save_user_message, conversation_id, text)
+        except BaseException:
+            self._turns.pop(conversation_id, None)
+            raise
+        await self.publish(events.QueryStatus(conversation_id=conversation_id, phase="queued").wire())
+        turn.task = asyncio.get_running_loop().create_task(
+            self._run(conversation_id, turn, text)
+        )
+        return {"message_id": turn.message_id, "status": "processing"}
+
+    def _validate(self, content: object) -> str:
+        if not isinstance(content, str) or not content.strip():
+            raise BadRequest("Message content must be a non-empty string")
+        if len(content) > self.settings.max_message_chars:
+            raise BadRequest(
+                f"Message is too long (at most {self.settings.max_message_chars} characters)"
+            )
+        return content
+
+    def _check_owner(self, conversation_id: str) -> None:
+        with self.db.session() as s:
+            owned_conversation(s, self.user_id, conversation_id)
+
+    def _save_user_message(self, conversation_id: str, text: str) -> None:
+        with self.db.session() as s:
+            conv = owned_conversation(s, self.user_id, conversation_id)
+            s.add(Message(conversation_id=conv.id, role="user", content=text))
+            touch(conv)
+
+    async def stop(self, conversation_id: str) -> bool:
+        """Cancels the running turn (its partial answer is saved); False when none runs."""
+        turn = self._turns.get(conversation_id)
+        if turn is None or turn.task is None:
+            return False
+        turn.task.cancel()
+        await asyncio.gather(turn.task, return_exceptions=True)
+        return True
+
+    # SQL ----------------------------------------------------------------------------------
+
+    async def query(self, conversation_id: str, sql: object) -> dict[str, Any]:
+        """Runs SQL on the conversation's ready datasets under the sandbox and limits."""
+        from actors.sql import run_sql
+
+        if not isinstance(sql, str) or not sql.strip():
+            raise BadRequest("sql must be a non-empty string")
+        tables = await asyncio.to_thread(self._ready_tables, conversation_id)
+        result: dict[str, Any] = await run_sql(sql, tables, self.settings)
+        return result
+
+    def _ready_tables(self, conversation_id: str) -> list[dict[str, Any]]:
+        with self.db.session() as s:
+            owned_conversation(s, self.user_id, conversation_id)
+            return [
+                {"name": d.name, "url": d.url, "format": d.format}
+                for d in datasets_of(s, conversation_id)
+                if d.status == "ready"
+            ]
+
+    # The turn -----------------------------------------------------------------------------
+
+    def _context(self, conversation_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        with self.db.session() as s:
+            history = [history_json(m) for m in messages_of(s, conversation_id)]
+            datasets = [dataset_json(d) for d in datasets_of(s, conversation_id)]
+        return history, datasets
+
+    def llm(self) -> Any:
+        if self._llm is None:
+            from actors.llm import GeminiClient
+
+            self._llm = GeminiClient(self.settings)
+        return self._llm
+
+    async def _run(self, conversation_id: str, turn: RunningTurn, text: str) -> None:
+        from actors.turn import Turn
+
+        history, datasets = await asyncio.to_thread(self._context, conversation_id)
+        runner = Turn(
+            settings=self.settings,
+            llm=self.llm(),
+            conversation_id=conversation_id,
+            message_id=turn.message_id,
+            history=history[:-1],
+            datasets=datasets,
+            user_content=text,
+            emit=self.publish,
+            run_sql=lambda sql: self.query(conversation_id, sql),
+            load_dataset=lambda url: self.datasets.add_and_wait(conversation_id, url),
+            record_usage=lambda i, o: self._record_usage(conversation_id, i, o),
+        )
+        error: ChatdfError | None = None
+        try:
+            result = await runner.run()
+            saved = await self._save_answer(conversation_id, turn.message_id, result)
+        except asyncio.CancelledError:
+            saved = await self._save_answer(conversation_id, turn.message_id, runner.partial())
+        except ChatdfError as exc:
+            error = exc
+            saved = await self._save_answer(conversation_id, turn.message_id, runner.partial())
+        except Exception as exc:
+            log.exception("turn failed in conversation %s", conversation_id)
+            error = ChatdfError(UNEXPECTED, f"{type(exc).__name__}: {exc}")
+            saved = await self._save_answer(conversation_id, turn.message_id, runner.partial())
+        finally:
+            self._turns.pop(conversation_id, None)
+        await self._report(conversation_id, turn.message_id, saved, error)
+
+    async def _report(
+        self,
+        conversation_id: str,
+        message_id: str,
+        saved: dict[str, Any] | None,
+        error: ChatdfError | None,
+    ) -> None:
+        if error is not None:
+            await self.publish(
+                events.ChatError(
+                    conversation_id=conversation_id,
+                    error=error.error,
+                    details=error.details,
+                    message_id=message_id,
+                ).wire()
+            )
+        elif saved is not None:
+            await self.publish(
+                events.ChatComplete(
+                    conversation_id=conversation_id,
+                    message_id=message_id,
+                    token_count=saved["token_count"],
+                    sql_query=saved["sql_query"],
+                    message=saved,
+                ).wire()
+            )
+        if self.budget.warning_due():
+            await self.publish(self.budget.warning_event(conversation_id).wire())
+
+    async def _record_usage(self, conversation_id: str, inp: int, out: int) -> None:
+        await asyncio.to_thread(self.budget.record, inp, out, conversation_id)
+
+    async def _save_answer(
+        self, conversation_id: str, message_id: str, result: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Saves the assistant message however the turn ended (a shielded write)."""
+        return await asyncio.shield(
+            asyncio.to_thread(self._insert_answer, conversation_id, message_id, result)
+        )
+
+    def _insert_answer(
+        self, conversation_id: str, message_id: str, result: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        with self.db.session() as s:
+            try:
+                conv = owned_conversation(s, self.user_id, conversation_id)
+            except ChatdfError:
+                return None  # deleted while the turn ran
+            msg = Message(
+                id=message_id,
+                conversation_id=conv.id,
+                role="assistant",
+                content=result.get("content", ""),
+                sql_query=result.get("sql_query"),
+                token_count=int(result.get("token_count", 0)),
+                tool_rounds=json.dumps(result.get("tool_rounds") or []),
+                created_at=utcnow(),
+            )
+            s.add(msg)
+            touch(conv)
+            s.flush()
+            return message_json(msg)
+
+
+__all__ = ["ChatRunner", "OverBudget"]

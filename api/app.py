@@ -1,0 +1,105 @@
+"""The app factory: `create_app(settings)` with a lifespan that joins Ray and the database."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from sqlalchemy import update
+
+from api import auth, chat, conversations, datasets, health, usage
+from api.errors import error_response, install_error_handlers
+from chatdf.db import Database, Dataset, utcnow
+from chatdf.settings import Settings
+from ws.connections import ConnectionManager
+from ws.endpoint import router as ws_router
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def connect_ray(settings: Settings) -> bool:
+    """Joins the cluster at RAY_ADDRESS, or starts an embedded Ray; True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, namespace=settings.ray_namespace,
+                 log_to_driver=False)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(
+            num_cpus=settings.ray_num_cpus,
+            include_dashboard=False,
+            namespace=settings.ray_namespace,
+            log_to_driver=False,
+        )
+    return True
+
+
+def close_stale_loads(db: Database, settings: Settings) -> None:
+    """Rows still 'loading' long after any load could run end in error (e.g. after a crash)."""
+    cutoff = utcnow() - timedelta(seconds=2 * settings.dataset_total_timeout_s + 60)
+    with db.session() as s:
+        s.execute(
+            update(Dataset)
+            .where(Dataset.status == "loading", Dataset.created_at < cutoff)
+            .values(status="error", error="Loading was interrupted. Refresh to try again.")
+        )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    db = Database(settings.resolved_database_url)
+    db.create_schema()
+    close_stale_loads(db, settings)
+    app.state.db = db
+    started_ray = connect_ray(settings)
+    manager = ConnectionManager(settings)
+    app.state.connection_manager = manager
+    try:
+        yield
+    finally:
+        await manager.close_all()
+        db.dispose()
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Builds the edge: REST routers, /ws, error bodies, CORS and a body-size bound."""
+    app = FastAPI(title="chatdf", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.allowed_origins,
+        allow_credentials=True,
+        allow_methods=["*"],
+        allow_headers=["*"],
+    )
+
+    @app.middleware("http")
+    async def limit_body(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        length = request.headers.get("content-length")
+        if length and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return error_response(413, "Request body too large", f"limit {MAX_BODY_BYTES} bytes")
+        return await call_next(request)
+
+    for module in (health, auth, conversations, datasets, chat, usage):
+        app.include_router(module.router)
+    app.include_router(ws_router)
+    return app

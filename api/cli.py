@@ -1,0 +1,98 @@
+"""The `chatdf` command: `serve` runs the edge under uvicorn, `referral-key create` mints keys."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+
+from chatdf.settings import Settings, get_settings
+
+TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE)
+
+
+class RedactTokens(logging.Filter):
+    """Keeps session tokens out of every log line (uvicorn logs the query string)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message.lower():
+            record.msg = TOKEN_IN_TEXT.sub(r"\1[redacted]", message)
+            record.args = None
+        return True
+
+
+def install_redaction() -> None:
+    for name in ("uvicorn", "uvicorn.access", "uvicorn.error", ""):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    from api.app import create_app
+
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    install_redaction()
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        ws_max_size=settings.ws_max_frame_bytes,
+        ws_ping_interval=None,  # the app's JSON ping is the contract's heartbeat
+        log_level=settings.log_level.lower(),
+        proxy_headers=True,
+    )
+    server = uvicorn.Server(config)
+    install_redaction()  # uvicorn configures its loggers in Config(); filter them after
+    server.run()
+
+
+def create_referral_key(settings: Settings) -> str:
+    from chatdf.db import Database
+    from chatdf.store import create_referral_key as mint
+
+    db = Database(settings.resolved_database_url)
+    db.create_schema()
+    with db.session() as s:
+        key = mint(s)
+    db.dispose()
+    return key
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chatdf", description="Chat with your data.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    srv = sub.add_parser("serve", help="run the API and WebSocket edge")
+    srv.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    ref = sub.add_parser("referral-key", help="manage referral keys")
+    ref_sub = ref.add_subparsers(dest="action", required=True)
+    create = ref_sub.add_parser("create", help="create single-use referral keys")
+    create.add_argument("--count", type=int, default=1, help="how many keys (default 1)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in (("host", getattr(args, "host", None)),
+                                   ("port", getattr(args, "port", None))) if v is not None}
+    settings = get_settings(**overrides)
+    if args.command == "serve":
+        serve(settings)
+        return 0
+    if args.command == "referral-key" and args.action == "create":
+        if args.count < 1 or args.count > 1000:
+            print("--count must be between 1 and 1000", file=sys.stderr)
+            return 2
+        for _ in range(args.count):
+            print(create_referral_key(settings))
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

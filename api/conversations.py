@@ -1,0 +1,101 @@
+"""Conversation routes: create, list, read, rename, delete one, delete all (owner only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, status
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from api.deps import CurrentUser, DbDep, SettingsDep, call_actor_if_running
+from chatdf.db import Conversation
+from chatdf.store import (
+    conversation_detail,
+    iso,
+    list_conversations,
+    owned_conversation,
+    touch,
+    validate_title,
+)
+
+router = APIRouter(prefix="/conversations", tags=["conversations"])
+
+
+class CreateBody(BaseModel):
+    title: str | None = None
+
+
+class RenameBody(BaseModel):
+    title: Any = None
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_conversation(
+    user: CurrentUser, db: DbDep, body: CreateBody | None = None
+) -> dict[str, Any]:
+    """Starts a new, empty conversation."""
+    title = validate_title(body.title) if body and body.title is not None else "New conversation"
+    with db.session() as s:
+        conv = Conversation(user_id=user.id, title=title)
+        s.add(conv)
+        s.flush()
+        return {"id": conv.id, "title": conv.title, "created_at": iso(conv.created_at)}
+
+
+@router.get("")
+def get_conversations(user: CurrentUser, db: DbDep) -> dict[str, Any]:
+    """The user's conversations, most recently updated first."""
+    with db.session() as s:
+        return {"conversations": list_conversations(s, user.id)}
+
+
+@router.get("/{conversation_id}")
+def get_conversation(conversation_id: str, user: CurrentUser, db: DbDep) -> dict[str, Any]:
+    """One conversation with its messages and datasets."""
+    with db.session() as s:
+        return conversation_detail(s, owned_conversation(s, user.id, conversation_id))
+
+
+@router.patch("/{conversation_id}")
+def rename_conversation(
+    conversation_id: str, body: RenameBody, user: CurrentUser, db: DbDep
+) -> dict[str, Any]:
+    """Renames a conversation (1-100 characters)."""
+    title = validate_title(body.title)
+    with db.session() as s:
+        conv = owned_conversation(s, user.id, conversation_id)
+        conv.title = title
+        touch(conv)
+        return {"id": conv.id, "title": conv.title, "updated_at": iso(conv.updated_at)}
+
+
+@router.delete("/{conversation_id}")
+async def delete_conversation(
+    conversation_id: str, user: CurrentUser, db: DbDep, settings: SettingsDep
+) -> dict[str, bool]:
+    """Deletes a conversation with its messages and datasets (a running turn is stopped)."""
+    with db.session() as s:
+        owned_conversation(s, user.id, conversation_id)
+    await call_actor_if_running(settings, user.id, "forget_conversation", conversation_id)
+    with db.session() as s:
+        conv = s.get(Conversation, conversation_id)
+        if conv is not None:
+            s.delete(conv)
+    return {"success": True}
+
+
+@router.delete("")
+async def delete_all_conversations(
+    user: CurrentUser, db: DbDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """Deletes every conversation of the user."""
+    with db.session() as s:
+        ids = list(s.scalars(select(Conversation.id).where(Conversation.user_id == user.id)))
+    for conversation_id in ids:
+        await call_actor_if_running(settings, user.id, "forget_conversation", conversation_id)
+    with db.session() as s:
+        rows = s.scalars(select(Conversation).where(Conversation.user_id == user.id)).all()
+        for conv in rows:
+            s.delete(conv)
+        return {"success": True, "deleted_count": len(rows)}

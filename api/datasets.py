@@ -1,0 +1,102 @@
+"""Dataset routes: attach by URL, rename, refresh, delete (the loading runs in Ray tasks)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import APIRouter, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import CurrentUser, DbDep, SettingsDep, call_actor
+from chatdf.db import Dataset
+from chatdf.errors import BadRequest, NotFound
+from chatdf.store import dataset_json, datasets_of, owned_conversation, touch
+from chatdf.sql_names import is_reserved_word
+
+router = APIRouter(prefix="/conversations/{conversation_id}/datasets", tags=["datasets"])
+
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,49}$")
+
+
+class AddBody(BaseModel):
+    url: str = Field(max_length=2048)
+
+
+class RenameBody(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    table_name: Any = Field(default=None, alias="tableName")
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def add_dataset(
+    conversation_id: str, body: AddBody, user: CurrentUser, db: DbDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """Attaches a dataset by URL; answers at once, progress arrives as events."""
+    with db.session() as s:
+        owned_conversation(s, user.id, conversation_id)
+    result: dict[str, Any] = await call_actor(
+        settings, user.id, "add_dataset", conversation_id, body.url
+    )
+    return result
+
+
+def find_dataset(s: Any, user_id: str, conversation_id: str, dataset_id: str) -> Dataset:
+    owned_conversation(s, user_id, conversation_id)
+    row = s.get(Dataset, dataset_id) if len(dataset_id) <= 36 else None
+    if row is None or row.conversation_id != conversation_id:
+        raise NotFound("Dataset not found")
+    return row  # type: ignore[no-any-return]
+
+
+@router.patch("/{dataset_id}")
+def rename_dataset(
+    conversation_id: str, dataset_id: str, body: RenameBody, user: CurrentUser, db: DbDep
+) -> dict[str, Any]:
+    """Renames the dataset's SQL table (identifier, 1-50 chars, unique, not a keyword)."""
+    name = validate_table_name(body.table_name)
+    with db.session() as s:
+        row = find_dataset(s, user.id, conversation_id, dataset_id)
+        others = {d.name.lower() for d in datasets_of(s, conversation_id) if d.id != row.id}
+        if name.lower() in others:
+            raise BadRequest(f"A table named '{name}' already exists in this conversation")
+        row.name = name
+        conv = owned_conversation(s, user.id, conversation_id)
+        touch(conv)
+        return dataset_json(row)
+
+
+def validate_table_name(name: object) -> str:
+    if not isinstance(name, str) or not IDENTIFIER.match(name):
+        raise BadRequest(
+            "Table name must be 1-50 characters: letters, digits and underscores, "
+            "not starting with a digit"
+        )
+    if is_reserved_word(name):
+        raise BadRequest(f"'{name}' is a SQL keyword and cannot be used as a table name")
+    return name
+
+
+@router.post("/{dataset_id}/refresh")
+async def refresh_dataset(
+    conversation_id: str, dataset_id: str, user: CurrentUser, db: DbDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """Re-reads the dataset's schema from its URL (502 when the URL no longer answers)."""
+    with db.session() as s:
+        find_dataset(s, user.id, conversation_id, dataset_id)
+    result: dict[str, Any] = await call_actor(
+        settings, user.id, "refresh_dataset", conversation_id, dataset_id
+    )
+    return result
+
+
+@router.delete("/{dataset_id}")
+def delete_dataset(
+    conversation_id: str, dataset_id: str, user: CurrentUser, db: DbDep
+) -> dict[str, bool]:
+    """Removes the dataset from the conversation."""
+    with db.session() as s:
+        row = find_dataset(s, user.id, conversation_id, dataset_id)
+        s.delete(row)
+        touch(owned_conversation(s, user.id, conversation_id))
+    return {"success": True}

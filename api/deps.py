@@ -1,0 +1,101 @@
+"""Request dependencies: settings, database, the signed-in user, and calls to their actor."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request, WebSocket
+
+from actors.session import actor_name, get_session_actor
+from chatdf.db import Database
+from api.errors import unwrap
+from chatdf.errors import ChatdfError, Unauthorized
+from chatdf.settings import Settings
+from chatdf.store import user_for_token
+
+COOKIE_NAME = "session_token"
+
+
+@dataclass(frozen=True)
+class AuthUser:
+    id: str
+    email: str
+    token: str
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+DbDep = Annotated[Database, Depends(get_db)]
+
+
+def token_from(request: Request | WebSocket, query_token: str | None = None) -> tuple[str, str]:
+    """The presented session token and where it came from: query, bearer or cookie."""
+    if query_token:
+        return query_token, "query"
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip(), "bearer"
+    cookie = request.cookies.get(COOKIE_NAME)
+    if cookie:
+        return cookie, "cookie"
+    return "", "none"
+
+
+def authenticate(db: Database, settings: Settings, token: str) -> AuthUser | None:
+    if not token:
+        return None
+    with db.session() as s:
+        user = user_for_token(s, token, settings.session_ttl_s)
+        return AuthUser(user.id, user.email, token) if user else None
+
+
+def current_user(request: Request, db: DbDep, settings: SettingsDep) -> AuthUser:
+    """The signed-in user, from the httpOnly cookie or a Bearer header; 401 otherwise."""
+    token, _source = token_from(request)
+    user = authenticate(db, settings, token)
+    if user is None:
+        raise Unauthorized("Not signed in or the session has expired")
+    return user
+
+
+CurrentUser = Annotated[AuthUser, Depends(current_user)]
+
+
+async def call_actor(settings: Settings, user_id: str, method: str, *args: Any) -> Any:
+    """Calls a method on the user's session actor, re-creating it once if it just exited."""
+    for attempt in range(2):
+        handle = await asyncio.to_thread(get_session_actor, user_id, settings)
+        try:
+            return await getattr(handle, method).remote(*args)
+        except Exception as exc:
+            if attempt == 0 and type(exc).__name__ in ("ActorDiedError", "RayActorError"):
+                continue
+            inner = unwrap(exc)
+            if inner is not exc and isinstance(inner, ChatdfError):
+                raise inner from None
+            raise
+    raise AssertionError("unreachable")
+
+
+async def call_actor_if_running(settings: Settings, user_id: str, method: str, *args: Any) -> Any:
+    """Like call_actor, but does nothing (returns None) when the user has no live actor."""
+    import ray
+
+    try:
+        handle = await asyncio.to_thread(
+            ray.get_actor, actor_name(user_id), namespace=settings.ray_namespace
+        )
+    except ValueError:
+        return None
+    return await getattr(handle, method).remote(*args)

@@ -1,0 +1,68 @@
+"""Maps every failure to the contract's `{error, details}` body, in one place."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chatdf.errors import ChatdfError
+
+log = logging.getLogger(__name__)
+
+_STATUS_SENTENCES = {
+    400: "Bad request",
+    401: "Not signed in",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Request body too large",
+    415: "Unsupported media type",
+    429: "Too many requests",
+    503: "Service unavailable",
+}
+
+
+def error_response(status: int, error: str, details: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": error, "details": details}, status_code=status)
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """Ray re-raises an actor's exception wrapped; the original is its `cause`."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ChatdfError)
+    async def chatdf_error(_req: Request, exc: ChatdfError) -> JSONResponse:
+        return error_response(exc.status, exc.error, exc.details)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+            parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+        return error_response(400, "Invalid request body", "; ".join(parts) or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else None
+        sentence = _STATUS_SENTENCES.get(exc.status_code, "Request failed")
+        status = 400 if exc.status_code == 422 else exc.status_code
+        return error_response(status, sentence, detail if detail != sentence else None)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_req: Request, exc: Exception) -> JSONResponse:
+        inner = unwrap(exc)
+        if isinstance(inner, ChatdfError):
+            return error_response(inner.status, inner.error, inner.details)
+        if type(inner).__name__ in ("RayActorError", "ActorDiedError", "ActorUnavailableError"):
+            return error_response(503, "The session is restarting; try again in a moment")
+        log.exception("unexpected error")
+        return error_response(500, "Internal server error")

@@ -1,0 +1,50 @@
+"""Health and the bundled sample dataset: the two routes that need no session."""
+
+from __future__ import annotations
+
+import asyncio
+from importlib import resources
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse
+
+from api.deps import DbDep, SettingsDep
+from chatdf.errors import NotFound
+
+router = APIRouter(tags=["health"])
+
+SAMPLE_PATH = "/samples/sales.parquet"
+
+
+def ray_reachable() -> bool:
+    import ray
+
+    try:
+        return bool(ray.is_initialized() and ray.cluster_resources())
+    except Exception:
+        return False
+
+
+@router.get("/health")
+async def health(db: DbDep, settings: SettingsDep) -> JSONResponse:
+    """Whether Ray and the database answer, and whether a model key is configured."""
+    ray_ok = await asyncio.to_thread(ray_reachable)
+    db_ok = await asyncio.to_thread(db.ping)
+    ok = ray_ok and db_ok
+    body: dict[str, Any] = {
+        "status": "ok" if ok else "degraded",
+        "ray": ray_ok,
+        "database": db_ok,
+        "llm_configured": settings.llm_configured,
+    }
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+@router.get(SAMPLE_PATH, include_in_schema=True)
+def sample_dataset(request: Request) -> FileResponse:
+    """The bundled sample dataset (Parquet), so a new user can try chatdf with no data."""
+    path = resources.files("chatdf") / "sample" / "sales.parquet"
+    if not path.is_file():
+        raise NotFound("Sample dataset not found")
+    return FileResponse(str(path), media_type="application/vnd.apache.parquet")

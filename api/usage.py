@@ -1,0 +1,18 @@
+"""The usage route: the user's rolling 24-hour token budget, answered by their actor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from api.deps import CurrentUser, SettingsDep, call_actor
+
+router = APIRouter(tags=["usage"])
+
+
+@router.get("/usage")
+async def get_usage(user: CurrentUser, settings: SettingsDep) -> dict[str, Any]:
+    """Tokens used, limit, remaining and time to reset over the rolling window."""
+    result: dict[str, Any] = await call_actor(settings, user.id, "usage")
+    return result

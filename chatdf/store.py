@@ -1,0 +1,269 @@
+"""Queries on the schema shared by the edge and the session actors, and their JSON shapes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from chatdf.db import (
+    Conversation,
+    Dataset,
+    Message,
+    OAuthState,
+    ReferralKey,
+    User,
+    UserSession,
+    iso,
+    utcnow,
+)
+from chatdf.errors import BadRequest, Forbidden, NotFound
+
+DEV_USER_EMAIL = "dev@localhost"
+
+
+def hash_secret(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+# Users and sessions -------------------------------------------------------------------------
+
+
+def user_json(user: User) -> dict[str, Any]:
+    return {
+        "user_id": user.id,
+        "email": user.email,
+        "name": user.name,
+        "avatar_url": user.avatar_url,
+    }
+
+
+def get_or_create_user(
+    db: Session, email: str, name: str = "", avatar_url: str | None = None
+) -> tuple[User, bool]:
+    """The user with this email, and whether it was just created."""
+    user = db.scalar(select(User).where(User.email == email))
+    if user is not None:
+        return user, False
+    user = User(email=email, name=name or email.split("@")[0], avatar_url=avatar_url)
+    db.add(user)
+    db.flush()
+    return user, True
+
+
+def find_user(db: Session, email: str) -> User | None:
+    return db.scalar(select(User).where(User.email == email))
+
+
+def create_session(db: Session, user_id: str, ttl_s: int) -> str:
+    """A new session for the user; returns the raw token (only its hash is stored)."""
+    token = secrets.token_urlsafe(32)
+    db.add(
+        UserSession(
+            user_id=user_id,
+            token_hash=hash_secret(token),
+            expires_at=utcnow() + timedelta(seconds=ttl_s),
+        )
+    )
+    return token
+
+
+def user_for_token(db: Session, token: str, ttl_s: int) -> User | None:
+    """The user owning a live session token, extending the session (sliding expiry)."""
+    if not token or len(token) > 200:
+        return None
+    row = db.scalar(select(UserSession).where(UserSession.token_hash == hash_secret(token)))
+    now = utcnow()
+    if row is None or row.expires_at <= now:
+        return None
+    new_expiry = now + timedelta(seconds=ttl_s)
+    # Write at most once a minute per session: extension need not cost a write per request.
+    if new_expiry - row.expires_at > timedelta(seconds=60):
+        row.expires_at = new_expiry
+    return db.get(User, row.user_id)
+
+
+def delete_session(db: Session, token: str) -> None:
+    db.execute(delete(UserSession).where(UserSession.token_hash == hash_secret(token)))
+
+
+# Referral keys and OAuth state ----------------------------------------------------------------
+
+
+def create_referral_key(db: Session) -> str:
+    key = secrets.token_urlsafe(16)
+    db.add(ReferralKey(key_hash=hash_secret(key)))
+    return key
+
+
+def redeem_referral_key(db: Session, key: str | None, user_id: str) -> None:
+    """Marks a key used; raises if it is missing, unknown or already used (single use)."""
+    if not key:
+        raise Forbidden("A referral key is required to sign up")
+    row = db.get(ReferralKey, hash_secret(key), with_for_update=True)
+    if row is None or row.used_by is not None:
+        raise Forbidden("This referral key is invalid or has already been used")
+    row.used_by = user_id
+    row.used_at = utcnow()
+
+
+def referral_key_usable(db: Session, key: str | None) -> bool:
+    if not key:
+        return False
+    row = db.get(ReferralKey, hash_secret(key))
+    return row is not None and row.used_by is None
+
+
+def create_oauth_state(db: Session, referral_key: str | None) -> str:
+    state = secrets.token_urlsafe(32)
+    db.add(OAuthState(state=state, referral_key=referral_key))
+    return state
+
+
+def pop_oauth_state(db: Session, state: str, ttl_s: int) -> OAuthState | None:
+    """Consumes a CSRF state: each state works once and only within its lifetime."""
+    if not state or len(state) > 64:
+        return None
+    row = db.get(OAuthState, state)
+    if row is None:
+        return None
+    db.delete(row)
+    if row.created_at < utcnow() - timedelta(seconds=ttl_s):
+        return None
+    return row
+
+
+# Conversations ----------------------------------------------------------------------------
+
+
+def owned_conversation(db: Session, user_id: str, conversation_id: str) -> Conversation:
+    """The conversation if it exists and is the user's; otherwise 404 (never reveal others')."""
+    conv = db.get(Conversation, conversation_id) if _is_uuidish(conversation_id) else None
+    if conv is None or conv.user_id != user_id:
+        raise NotFound("Conversation not found")
+    return conv
+
+
+def _is_uuidish(value: str) -> bool:
+    return 0 < len(value) <= 36
+
+
+def touch(conv: Conversation, when: datetime | None = None) -> None:
+    conv.updated_at = when or utcnow()
+
+
+def conversation_summary(db: Session, conv: Conversation) -> dict[str, Any]:
+    count = db.scalar(select(func.count()).where(Dataset.conversation_id == conv.id)) or 0
+    return {
+        "id": conv.id,
+        "title": conv.title,
+        "created_at": iso(conv.created_at),
+        "updated_at": iso(conv.updated_at),
+        "dataset_count": count,
+    }
+
+
+def list_conversations(db: Session, user_id: str) -> list[dict[str, Any]]:
+    counts = (
+        select(Dataset.conversation_id, func.count().label("n"))
+        .group_by(Dataset.conversation_id)
+        .subquery()
+    )
+    rows = db.execute(
+        select(Conversation, func.coalesce(counts.c.n, 0))
+        .outerjoin(counts, counts.c.conversation_id == Conversation.id)
+        .where(Conversation.user_id == user_id)
+        .order_by(Conversation.updated_at.desc(), Conversation.created_at.desc())
+    ).all()
+    return [
+        {
+            "id": c.id,
+            "title": c.title,
+            "created_at": iso(c.created_at),
+            "updated_at": iso(c.updated_at),
+            "dataset_count": n,
+        }
+        for c, n in rows
+    ]
+
+
+def conversation_detail(db: Session, conv: Conversation) -> dict[str, Any]:
+    return {
+        "id": conv.id,
+        "title": conv.title,
+        "created_at": iso(conv.created_at),
+        "updated_at": iso(conv.updated_at),
+        "messages": [message_json(m) for m in messages_of(db, conv.id)],
+        "datasets": [dataset_json(d) for d in datasets_of(db, conv.id)],
+    }
+
+
+def validate_title(title: object) -> str:
+    if not isinstance(title, str) or not 1 <= len(title.strip()) <= 100:
+        raise BadRequest("Title must be between 1 and 100 characters")
+    return title.strip()
+
+
+# Messages ---------------------------------------------------------------------------------
+
+
+def messages_of(db: Session, conversation_id: str) -> list[Message]:
+    return list(
+        db.scalars(
+            select(Message)
+            .where(Message.conversation_id == conversation_id)
+            .order_by(Message.created_at, Message.id)
+        )
+    )
+
+
+def message_json(m: Message) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "role": m.role,
+        "content": m.content,
+        "sql_query": m.sql_query,
+        "token_count": m.token_count,
+        "created_at": iso(m.created_at),
+    }
+
+
+def history_json(m: Message) -> dict[str, Any]:
+    """A message as the model's context sees it (with its tool rounds)."""
+    return {
+        "role": m.role,
+        "content": m.content,
+        "tool_rounds": json.loads(m.tool_rounds) if m.tool_rounds else [],
+    }
+
+
+# Datasets ---------------------------------------------------------------------------------
+
+
+def datasets_of(db: Session, conversation_id: str) -> list[Dataset]:
+    return list(
+        db.scalars(
+            select(Dataset)
+            .where(Dataset.conversation_id == conversation_id)
+            .order_by(Dataset.position, Dataset.created_at)
+        )
+    )
+
+
+def dataset_json(d: Dataset) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "name": d.name,
+        "url": d.url,
+        "status": d.status,
+        "row_count": d.row_count,
+        "column_count": d.column_count,
+        "schema": json.loads(d.schema_json) if d.schema_json else [],
+        "error": d.error,
+        "format": d.format,
+    }
