@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Creates .venv/ at the repo root (if missing) and installs chatdf with its dev tools into it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "[install] creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.chatdf-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "[install] installing chatdf and dependencies into .venv (first time: a few minutes)"
+  .venv/bin/python -m pip install --upgrade --quiet pip
+  .venv/bin/python -m pip install --quiet --progress-bar off -e '.[dev]'
+  touch "$stamp"
+fi
+echo "[install] ready: $(.venv/bin/python -c 'import ray, polars; print("ray", ray.__version__, "polars", polars.__version__)')"

@@ -1,0 +1,56 @@
+"""The cluster path on a real PostgreSQL server: the same edge and actors, DATABASE_URL=postgres."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from chatdf.settings import Settings
+from tests.live import LiveServer
+
+pytestmark = pytest.mark.postgres
+
+SERVER_URL = os.environ.get("POSTGRES_TEST_URL", "")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh database on the test server, dropped afterwards."""
+    if not SERVER_URL:
+        pytest.skip("POSTGRES_TEST_URL is not set (scripts/test.sh starts a server when it can)")
+    name = f"chatdf_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(SERVER_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield SERVER_URL.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_live(ray_session: None, settings: Settings, pg_url: str) -> Iterator[LiveServer]:
+    server = LiveServer(settings.model_copy(update={"database_url": pg_url})).start()
+    yield server
+    server.stop()
+
+
+def test_postgres_auth_conversations_and_events(pg_live: LiveServer) -> None:
+    """Schema created on start; login, CRUD, ownership and the actor's event stream all work."""
+    token, user_id, client = pg_live.login("pg-user@example.com")
+    conv = client.post("/conversations", json={"title": "on postgres"}).json()
+    assert client.get("/conversations").json()["conversations"][0]["id"] == conv["id"]
+    _t2, _u2, other = pg_live.login("pg-other@example.com")
+    assert other.get(f"/conversations/{conv['id']}").status_code == 404
+    with pg_live.ws(token) as ws:
+        pg_live.call(pg_live.manager.send_to_user(user_id, {"type": "unknown_type"}))
+        assert ws.receive_json()["type"] == "unknown_type"
+    usage = client.get("/usage").json()
+    assert usage["tokens_used"] == 0 and usage["token_limit"] == 5_000_000
+    assert client.delete("/conversations").json() == {"success": True, "deleted_count": 1}
+    client.close()
+    other.close()
