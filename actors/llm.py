@@ -75,7 +75,7 @@ class ModelReply:
     """What one model call produced: streamed text, function calls, and the turn to replay."""
 
     text: str = ""
-    function_calls: list[types.FunctionCall] = field(default_factory=list)
+    calls: list[types.Part] = field(default_factory=list)  # parts holding a function_call
     content: types.Content = field(default_factory=lambda: types.Content(role="model", parts=[]))
     usage: Usage = field(default_factory=Usage)
 
@@ -122,9 +122,7 @@ def tool_declarations() -> list[types.Tool]:
                     ),
                     parameters=types.Schema(
                         type=types.Type.OBJECT,
-                        properties={
-                            "url": types.Schema(type=string, description="http(s) URL.")
-                        },
+                        properties={"url": types.Schema(type=string, description="http(s) URL.")},
                         required=["url"],
                     ),
                 ),
@@ -173,7 +171,6 @@ class _Collector:
     def __init__(self) -> None:
         self.reply = ModelReply()
         self.text_signature: bytes | None = None
-        self.call_parts: list[types.Part] = []
         self.usage: Usage | None = None
 
     def add(self, chunk: types.GenerateContentResponse) -> list[str]:
@@ -183,8 +180,7 @@ class _Collector:
         parts = candidate.content.parts if candidate and candidate.content else None
         for part in parts or []:
             if part.function_call is not None:
-                self.call_parts.append(part)
-                self.reply.function_calls.append(part.function_call)
+                self.reply.calls.append(part)
             elif part.text and not part.thought:
                 if part.thought_signature and self.text_signature is None:
                     self.text_signature = part.thought_signature
@@ -196,7 +192,7 @@ class _Collector:
         parts: list[types.Part] = []
         if self.reply.text:
             parts.append(types.Part(text=self.reply.text, thought_signature=self.text_signature))
-        self.reply.content = types.Content(role="model", parts=parts + self.call_parts)
+        self.reply.content = types.Content(role="model", parts=parts + self.reply.calls)
         self.reply.usage = self.usage or Usage()
         return self.reply
 
@@ -284,4 +280,3 @@ async def _report(on_usage: OnUsage, usage: Usage | None) -> None:
     # A refused call (no usage metadata) costs nothing, so nothing is recorded for it.
     if usage is not None and usage.total > 0:
         await on_usage(usage)
-

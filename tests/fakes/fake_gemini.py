@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from chatdf.settings import Settings
+
 TOO_LONG_MESSAGE = (
     "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576)."
 )
@@ -410,3 +412,11 @@ def fake_gemini() -> Iterator[FakeGemini]:
     """A started FakeGemini, closed after the test (import this into a conftest to share it)."""
     with FakeGemini() as fake:
         yield fake
+
+
+@pytest.fixture
+def gemini_settings(settings: Settings, fake_gemini: FakeGemini) -> Settings:
+    """The `settings` fixture pointed at the fake model, with a (fake) API key."""
+    return settings.model_copy(
+        update={"gemini_api_key": "fake-key", "gemini_base_url": fake_gemini.base_url}
+    )

@@ -1,0 +1,258 @@
+"""One chat turn's tool loop: model calls, tool runs, phases and tokens, caps and the result."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypedDict
+
+from google.genai import types
+
+from actors.llm import NO_MODEL, ContextTooLong, ModelClient, ModelReply, Usage
+from actors.prompt import (
+    build_system_prompt,
+    dataset_for_model,
+    drop_oldest,
+    render_history,
+    response_part,
+    result_for_model,
+    select_history,
+    tool_round,
+    user_content,
+)
+from chatdf import events
+from chatdf.errors import ChatdfError, Unavailable
+from chatdf.events import Phase
+from chatdf.settings import Settings
+
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+RunSql = Callable[[str], Awaitable[dict[str, Any]]]
+LoadDataset = Callable[[str], Awaitable[dict[str, Any]]]
+RecordUsage = Callable[[int, int], Awaitable[Any]]
+
+TOOL_LIMIT_NOTE = (
+    "The tool call limit of this answer is reached. Do not call tools again: answer now from "
+    "the results you have, and say what you could not check."
+)
+SQL_GIVE_UP_NOTE = (
+    "SQL failed {count} times in this answer. Do not call tools again: explain to the user what "
+    "went wrong and what they could try instead."
+)
+SKIPPED_CALL = "Not run: the tool call limit of this answer is reached."
+NO_ANSWER = "I could not finish this answer within the limit of {limit} tool calls."
+
+
+class TurnResult(TypedDict):
+    content: str
+    sql_query: str | None
+    token_count: int
+    tool_rounds: list[dict[str, Any]]
+
+
+class Turn:
+    """Runs one answer; `partial()` stays readable while it runs and after a cancel or error.
+
+    It emits query_status generating/executing/formatting and chat_token events; the caller
+    emits queued (at admission) and chat_complete/chat_error (after saving).
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        llm: ModelClient,
+        conversation_id: str,
+        message_id: str,
+        history: Sequence[dict[str, Any]],
+        datasets: Sequence[dict[str, Any]],
+        user_content: str,
+        emit: Emit,
+        run_sql: RunSql,
+        load_dataset: LoadDataset,
+        record_usage: RecordUsage,
+    ) -> None:
+        self.settings = settings
+        self.llm = llm
+        self.conversation_id = conversation_id
+        self.message_id = message_id
+        self.datasets = list(datasets)
+        self.user_text = user_content
+        self._emit = emit
+        self._run_sql = run_sql
+        self._load_dataset = load_dataset
+        self._record_usage = record_usage
+        self.history = select_history(
+            history,
+            max_messages=settings.context_max_messages,
+            max_chars=settings.context_max_chars,
+            reserve_chars=len(user_content),
+        )
+        self.content = ""
+        self.sql_query: str | None = None
+        self.token_count = 0
+        self.tool_rounds: list[dict[str, Any]] = []
+        self.model_calls = 0
+        self._turn_contents: list[types.Content] = []
+        self._tool_calls = 0
+        self._sql_errors = 0
+        self._tools_enabled = True
+        self._pruned = False
+        self._segment_start = True
+
+    def partial(self) -> TurnResult:
+        """The answer so far (everything streamed), in the shape `run()` returns."""
+        return {
+            "content": self.content,
+            "sql_query": self.sql_query,
+            "token_count": self.token_count,
+            "tool_rounds": list(self.tool_rounds),
+        }
+
+    async def run(self) -> TurnResult:
+        """Loops model call → tools → model call until the model answers without tools."""
+        if not self.settings.gemini_api_key:
+            raise Unavailable(NO_MODEL)
+        self._turn_contents = [user_content(self.user_text)]
+        await self._phase("generating")
+        while True:
+            reply = await self._call_model()
+            if not reply.calls:
+                break
+            if not self._tools_enabled:
+                # Told to stop calling tools and did anyway: end the turn rather than loop.
+                if not self.content.strip():
+                    await self._on_text(NO_ANSWER.format(limit=self.settings.max_tool_calls))
+                break
+            await self._run_tools(reply)
+        return self.partial()
+
+    # Model ---------------------------------------------------------------------------------
+
+    async def _call_model(self) -> ModelReply:
+        try:
+            return await self._generate()
+        except ContextTooLong:
+            if self._pruned or not self.history:
+                raise
+            self._pruned = True
+            self.history = drop_oldest(self.history)
+            return await self._generate()
+
+    async def _generate(self) -> ModelReply:
+        system = build_system_prompt(self.datasets, max_tool_calls=self.settings.max_tool_calls)
+        contents = render_history(self.history) + self._turn_contents
+        self.model_calls += 1
+        self._segment_start = True
+        return await self.llm.generate(
+            system,
+            contents,
+            tools_enabled=self._tools_enabled,
+            on_text=self._on_text,
+            on_usage=self._on_usage,
+        )
+
+    async def _on_text(self, text: str) -> None:
+        if self._segment_start and self.content and not self.content.endswith("\n"):
+            # Text after a tool round starts a new paragraph, on the wire as in the saved answer.
+            await self._token("\n\n")
+        self._segment_start = False
+        await self._token(text)
+
+    async def _token(self, text: str) -> None:
+        self.content += text
+        await self._emit(
+            events.ChatToken(
+                conversation_id=self.conversation_id, message_id=self.message_id, token=text
+            ).wire()
+        )
+
+    async def _on_usage(self, usage: Usage) -> None:
+        self.token_count += usage.total
+        await self._record_usage(usage.input_tokens, usage.output_tokens)
+
+    async def _phase(self, phase: Phase) -> None:
+        await self._emit(
+            events.QueryStatus(conversation_id=self.conversation_id, phase=phase).wire()
+        )
+
+    # Tools ---------------------------------------------------------------------------------
+
+    async def _run_tools(self, reply: ModelReply) -> None:
+        self._turn_contents.append(reply.content)
+        results: list[tuple[types.Part, dict[str, Any]]] = []
+        for part in reply.calls:
+            results.append((part, await self._run_tool(part)))
+        note = self._stop_note()
+        if note:
+            self._tools_enabled = False
+            results[-1][1]["instruction"] = note
+        self._turn_contents.append(
+            types.Content(
+                role="user",
+                parts=[
+                    response_part(p.function_call.name or "", r, p.function_call.id)
+                    for p, r in results
+                    if p.function_call is not None
+                ],
+            )
+        )
+
+    async def _run_tool(self, part: types.Part) -> dict[str, Any]:
+        call = part.function_call
+        assert call is not None
+        name = call.name or ""
+        args = dict(call.args or {})
+        if self._tool_calls >= self.settings.max_tool_calls:
+            result: dict[str, Any] = {"error": SKIPPED_CALL}
+        else:
+            self._tool_calls += 1
+            await self._phase("executing")
+            result = await self._dispatch(name, args)
+            await self._phase("formatting")
+        self.tool_rounds.append(tool_round(name, args, result, part.thought_signature))
+        return result
+
+    async def _dispatch(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        if name == "execute_sql":
+            return await self._execute_sql(args.get("query"))
+        if name == "load_dataset":
+            return await self._load(args.get("url"))
+        return {"error": f"Unknown tool {name!r}: use execute_sql or load_dataset."}
+
+    async def _execute_sql(self, query: object) -> dict[str, Any]:
+        if not isinstance(query, str) or not query.strip():
+            self._sql_errors += 1
+            return {"error": "execute_sql needs a non-empty 'query' string."}
+        try:
+            result = await self._run_sql(query)
+        except ChatdfError as exc:
+            self._sql_errors += 1
+            return _error(exc)
+        self.sql_query = query
+        return result_for_model(result)
+
+    async def _load(self, url: object) -> dict[str, Any]:
+        if not isinstance(url, str) or not url.strip():
+            return {"error": "load_dataset needs a non-empty 'url' string."}
+        try:
+            dataset = await self._load_dataset(url)
+        except ChatdfError as exc:
+            return _error(exc)
+        if dataset.get("status") not in (None, "ready"):
+            return {"error": dataset.get("error") or "The dataset could not be loaded."}
+        self.datasets = [d for d in self.datasets if d.get("id") != dataset.get("id")]
+        self.datasets.append(dataset)
+        return dataset_for_model(dataset)
+
+    def _stop_note(self) -> str | None:
+        if self._sql_errors > self.settings.max_sql_retries:
+            return SQL_GIVE_UP_NOTE.format(count=self._sql_errors)
+        if self._tool_calls >= self.settings.max_tool_calls:
+            return TOOL_LIMIT_NOTE
+        return None
+
+
+def _error(exc: ChatdfError) -> dict[str, Any]:
+    out: dict[str, Any] = {"error": exc.error}
+    if exc.details:
+        out["details"] = exc.details
+    return out
