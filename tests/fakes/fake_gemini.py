@@ -158,7 +158,9 @@ class FakeGemini:
         self._closing = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": _GATE_POLL_S}, daemon=True
+        )
 
     # Lifecycle --------------------------------------------------------------------------------
 
