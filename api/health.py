@@ -44,7 +44,7 @@ async def health(db: DbDep, settings: SettingsDep) -> JSONResponse:
 @router.get(SAMPLE_PATH, include_in_schema=True)
 def sample_dataset(request: Request) -> FileResponse:
     """The bundled sample dataset (Parquet), so a new user can try chatdf with no data."""
-    path = resources.files("chatdf") / "sample" / "sales.parquet"
+    path = resources.files("chatdf") / "sample" / "sample.parquet"
     if not path.is_file():
         raise NotFound("Sample dataset not found")
     return FileResponse(str(path), media_type="application/vnd.apache.parquet")

@@ -10,7 +10,11 @@ import pytest
 import ray
 
 from chatdf.settings import Settings
+from tests.fakes.fake_data_server import data_server
+from tests.fakes.fake_gemini import fake_gemini, gemini_settings
 from tests.live import LiveServer
+
+__all__ = ["data_server", "fake_gemini", "gemini_settings"]
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -48,5 +52,13 @@ def live(ray_session: None, settings: Settings) -> Iterator[LiveServer]:
     """The real edge under uvicorn on a loopback port, on this test's SQLite file."""
 
     server = LiveServer(settings).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def chat_live(ray_session: None, gemini_settings: Settings) -> Iterator[LiveServer]:
+    """The live edge with the model pointed at the scripted loopback fake of Gemini."""
+    server = LiveServer(gemini_settings).start()
     yield server
     server.stop()

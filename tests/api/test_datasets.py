@@ -1,0 +1,149 @@
+"""Dataset routes over the live edge: admission rules, rename, refresh, delete, SSRF default."""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+from typing import Any
+
+import httpx
+import polars as pl
+
+from chatdf.settings import Settings
+from tests.fakes.fake_data_server import FakeDataServer
+from tests.live import LiveServer
+
+
+def csv_bytes(n: int = 4) -> bytes:
+    return pl.DataFrame({"id": list(range(n)), "name": [f"n{i}" for i in range(n)]}).write_csv().encode()
+
+
+def parquet_bytes(rows: int) -> bytes:
+    buf = io.BytesIO()
+    pl.DataFrame({"x": list(range(rows))}).write_parquet(buf)
+    return buf.getvalue()
+
+
+def signed_in(live: LiveServer) -> tuple[httpx.Client, str]:
+    _token, _uid, client = live.login(f"ds-{uuid.uuid4().hex[:8]}@example.com")
+    conv = client.post("/conversations").json()["id"]
+    return client, conv
+
+
+def wait_status(client: httpx.Client, conv: str, dataset_id: str, timeout: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for d in client.get(f"/conversations/{conv}").json()["datasets"]:
+            if d["id"] == dataset_id and d["status"] != "loading":
+                return d  # type: ignore[no-any-return]
+        time.sleep(0.05)
+    raise AssertionError("dataset still loading")
+
+
+def test_names_limit_and_duplicates(live: LiveServer, data_server: FakeDataServer) -> None:
+    client, conv = signed_in(live)
+    urls = [data_server.add(f"/f{i}.csv", csv_bytes()) for i in range(6)]
+    ids = []
+    for url in urls[:5]:
+        r = client.post(f"/conversations/{conv}/datasets", json={"url": url})
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["dataset_id"])
+    names = [wait_status(client, conv, i)["name"] for i in ids]
+    assert names == ["table1", "table2", "table3", "table4", "table5"]
+    r = client.post(f"/conversations/{conv}/datasets", json={"url": urls[5]})
+    assert r.status_code == 400 and r.json()["error"] == "Maximum 5 datasets reached"
+    r = client.post(f"/conversations/{conv}/datasets", json={"url": urls[0]})
+    assert r.status_code == 400 and r.json()["error"] == "This dataset is already loaded"
+    # the same URL in another conversation is fine
+    other = client.post("/conversations").json()["id"]
+    assert client.post(f"/conversations/{other}/datasets", json={"url": urls[0]}).status_code == 201
+    assert len(client.get(f"/conversations/{conv}").json()["datasets"]) == 5
+
+
+def test_invalid_url_format(live: LiveServer) -> None:
+    client, conv = signed_in(live)
+    for bad in ["not a url", "ftp://example.com/x.csv", "file:///etc/passwd", "", "http://"]:
+        r = client.post(f"/conversations/{conv}/datasets", json={"url": bad})
+        assert r.status_code == 400, bad
+        assert r.json()["error"] == "Invalid URL format"
+    assert client.get(f"/conversations/{conv}").json()["datasets"] == []
+
+
+def test_rename_rules(live: LiveServer, data_server: FakeDataServer) -> None:
+    client, conv = signed_in(live)
+    a = client.post(f"/conversations/{conv}/datasets", json={"url": data_server.add("/a.csv", csv_bytes())}).json()
+    b = client.post(f"/conversations/{conv}/datasets", json={"url": data_server.add("/b.csv", csv_bytes())}).json()
+    wait_status(client, conv, a["dataset_id"])
+    path = f"/conversations/{conv}/datasets/{a['dataset_id']}"
+    r = client.patch(path, json={"table_name": "sales"})
+    assert r.status_code == 200 and r.json()["name"] == "sales"
+    r = client.patch(path, json={"tableName": "sales_2025"})  # older clients
+    assert r.status_code == 200 and r.json()["name"] == "sales_2025"
+    for bad in ["", "1abc", "has space", "x" * 51, "drop;", "select", "SELECT", 7, None]:
+        r = client.patch(path, json={"table_name": bad})
+        assert r.status_code == 400, bad
+        assert "error" in r.json()
+    r = client.patch(path, json={"table_name": "TABLE2"})  # b is table2: unique, case-insensitive
+    assert r.status_code == 400
+    assert b["dataset_id"]
+    names = {d["name"] for d in client.get(f"/conversations/{conv}").json()["datasets"]}
+    assert names == {"sales_2025", "table2"}
+
+
+def test_refresh_and_delete(live: LiveServer, data_server: FakeDataServer) -> None:
+    client, conv = signed_in(live)
+    url = data_server.add("/grow.parquet", parquet_bytes(10))
+    d = client.post(f"/conversations/{conv}/datasets", json={"url": url}).json()
+    assert wait_status(client, conv, d["dataset_id"])["row_count"] == 10
+    data_server.add("/grow.parquet", parquet_bytes(25))
+    r = client.post(f"/conversations/{conv}/datasets/{d['dataset_id']}/refresh")
+    assert r.status_code == 200, r.text
+    assert r.json()["row_count"] == 25 and r.json()["status"] == "ready"
+    data_server.files.pop("/grow.parquet")  # now 404
+    r = client.post(f"/conversations/{conv}/datasets/{d['dataset_id']}/refresh")
+    assert r.status_code == 502 and "error" in r.json()
+    assert wait_status(client, conv, d["dataset_id"])["row_count"] == 25  # unchanged
+    r = client.delete(f"/conversations/{conv}/datasets/{d['dataset_id']}")
+    assert r.json() == {"success": True}
+    assert client.get(f"/conversations/{conv}").json()["datasets"] == []
+    r = client.delete(f"/conversations/{conv}/datasets/{d['dataset_id']}")
+    assert r.status_code == 404
+
+
+def test_private_hosts_refused_by_default(
+    ray_session: None, settings: Settings, data_server: FakeDataServer
+) -> None:
+    """With DATASET_ALLOW_PRIVATE_HOSTS off, a loopback URL ends in a clear dataset error."""
+    server = LiveServer(settings.model_copy(update={"dataset_allow_private_hosts": False})).start()
+    try:
+        client, conv = signed_in(server)
+        url = data_server.add("/secret.csv", csv_bytes())
+        d = client.post(f"/conversations/{conv}/datasets", json={"url": url}).json()
+        final = wait_status(client, conv, d["dataset_id"])
+        assert final["status"] == "error"
+        assert "private or internal" in final["error"]
+        assert data_server.requests["/secret.csv"] == 0  # never fetched
+    finally:
+        server.stop()
+
+
+def test_bundled_sample_loads_with_default_settings(ray_session: None, settings: Settings) -> None:
+    """The bundled sample, at the app's own URL, loads and queries even with private hosts off."""
+    server = LiveServer(settings.model_copy(update={"dataset_allow_private_hosts": False})).start()
+    try:
+        assert server.client().get("/samples/sales.parquet").status_code == 200
+        client, conv = signed_in(server)
+        url = f"{server.url}/samples/sales.parquet"
+        d = client.post(f"/conversations/{conv}/datasets", json={"url": url}).json()
+        final = wait_status(client, conv, d["dataset_id"])
+        assert final["status"] == "ready", final
+        assert final["row_count"] == 288 and final["column_count"] == 8
+        r = client.post(f"/conversations/{conv}/query",
+                        json={"sql": "SELECT region, SUM(units_sold) AS units FROM table1 "
+                                     "GROUP BY region ORDER BY region"})
+        assert r.status_code == 200, r.text
+        assert r.json()["columns"] == ["region", "units"]
+        assert len(r.json()["rows"]) >= 2
+    finally:
+        server.stop()

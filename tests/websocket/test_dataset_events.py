@@ -1,0 +1,73 @@
+"""WS-MSG-4, WS-MSG-5, WS-MSG-6: dataset progress events over a real socket."""
+
+from __future__ import annotations
+
+import io
+
+import polars as pl
+
+from tests.fakes.fake_data_server import FakeDataServer
+from tests.live import LiveServer
+from tests.websocket.conftest import SignedIn
+
+
+def parquet_bytes() -> bytes:
+    buf = io.BytesIO()
+    pl.DataFrame({"city": ["Oslo", "Lima", "Pune"], "pop": [0.7, 10.0, 3.1]}).write_parquet(buf)
+    return buf.getvalue()
+
+
+def test_ws_msg_4_and_5_loading_then_loaded(
+    live: LiveServer, user: SignedIn, data_server: FakeDataServer
+) -> None:
+    """WS-MSG-4: dataset_loading on POST; WS-MSG-5: dataset_loaded with name, counts and schema."""
+    url = data_server.add("/cities.parquet", parquet_bytes())
+    conv = user.client.post("/conversations").json()
+    with live.ws(user.token) as ws:
+        r = user.client.post(f"/conversations/{conv['id']}/datasets", json={"url": url})
+        assert r.status_code == 201
+        assert r.json()["status"] == "loading"
+        dataset_id = r.json()["dataset_id"]
+        loading = ws.assert_received_type("dataset_loading")
+        assert loading == {
+            "type": "dataset_loading", "conversation_id": conv["id"],
+            "dataset_id": dataset_id, "url": url, "status": "loading",
+        }
+        loaded = ws.assert_received_type("dataset_loaded")
+    assert loaded["dataset_id"] == dataset_id
+    assert loaded["name"] == "table1"
+    assert (loaded["row_count"], loaded["column_count"]) == (3, 2)
+    assert loaded["schema"] == [{"name": "city", "type": "Text"}, {"name": "pop", "type": "Float"}]
+    assert loaded["dataset"]["status"] == "ready"
+    stored = user.client.get(f"/conversations/{conv['id']}").json()["datasets"][0]
+    assert stored == loaded["dataset"]
+
+
+def test_ws_msg_6_loading_fails(
+    live: LiveServer, user: SignedIn, data_server: FakeDataServer
+) -> None:
+    """WS-MSG-6: a URL that is no data file ends in dataset_error with a readable sentence."""
+    url = data_server.add("/notes.txt", b"just some words, not a table\x00\x01\x02" * 10)
+    conv = user.client.post("/conversations").json()
+    with live.ws(user.token) as ws:
+        r = user.client.post(f"/conversations/{conv['id']}/datasets", json={"url": url})
+        dataset_id = r.json()["dataset_id"]
+        ws.assert_received_type("dataset_loading")
+        failed = ws.assert_received_type("dataset_error")
+    assert failed["dataset_id"] == dataset_id
+    assert "not a supported data format" in failed["error"]
+    stored = user.client.get(f"/conversations/{conv['id']}").json()["datasets"][0]
+    assert stored["status"] == "error" and stored["error"] == failed["error"]
+
+
+def test_ws_msg_6_unreachable_url(live: LiveServer, user: SignedIn) -> None:
+    """WS-MSG-6: a host that refuses connections ends in dataset_error too."""
+    from tests.live import free_port
+
+    conv = user.client.post("/conversations").json()
+    with live.ws(user.token) as ws:
+        url = f"http://127.0.0.1:{free_port()}/gone.csv"
+        user.client.post(f"/conversations/{conv['id']}/datasets", json={"url": url})
+        ws.assert_received_type("dataset_loading")
+        failed = ws.assert_received_type("dataset_error")
+    assert "reach" in failed["error"].lower()
