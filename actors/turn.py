@@ -39,6 +39,7 @@ SQL_GIVE_UP_NOTE = (
 )
 SKIPPED_CALL = "Not run: the tool call limit of this answer is reached."
 NO_ANSWER = "I could not finish this answer within the limit of {limit} tool calls."
+EMPTY_ANSWER = "The model returned an empty answer. Try rephrasing the question."
 
 
 class TurnResult(TypedDict):
@@ -123,6 +124,8 @@ class Turn:
                     await self._on_text(NO_ANSWER.format(limit=self.settings.max_tool_calls))
                 break
             await self._run_tools(reply)
+        if not self.content:
+            await self._on_text(EMPTY_ANSWER)  # e.g. a safety stop: never save a blank answer
         return self.partial()
 
     # Model ---------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ def test_history_never_starts_with_an_answer_and_skips_other_roles() -> None:
 
 
 def test_tool_rounds_count_toward_the_budget() -> None:
-    heavy = {
+    heavy: dict[str, Any] = {
         "role": "assistant",
         "content": "a",
         "tool_rounds": [tool_round("execute_sql", {"query": "q"}, {"rows": ["y" * 500]})],
@@ -153,7 +153,7 @@ def test_tool_rounds_replay_as_calls_and_responses() -> None:
 
 def test_interrupted_answer_merges_into_the_next_question() -> None:
     rounds = [tool_round("execute_sql", {"query": "q"}, {"rows": []})]
-    history = [
+    history: list[dict[str, Any]] = [
         {"role": "user", "content": "a"},
         {"role": "assistant", "content": "", "tool_rounds": rounds},  # stopped before any text
         {"role": "user", "content": "b"},

@@ -19,7 +19,7 @@ from actors.llm import (
     GeminiClient,
     ModelFailed,
 )
-from actors.turn import NO_ANSWER, SKIPPED_CALL, Turn
+from actors.turn import EMPTY_ANSWER, NO_ANSWER, SKIPPED_CALL, Turn
 from chatdf.errors import DatasetError, SqlFailed, Unavailable
 from chatdf.events import parse_event
 from chatdf.settings import Settings
@@ -167,6 +167,17 @@ async def test_text_answer_streams_tokens_in_order(
     request = fake_gemini.requests[0]
     assert "sales (3 rows" in request.system_text and "Polars SQL" in request.system_text
     assert request.texts("user") == ["What is the total per region?"]
+
+
+async def test_an_empty_reply_becomes_a_sentence(
+    h: Harness, llm: GeminiClient, gemini_settings: Settings, fake_gemini: FakeGemini
+) -> None:
+    blocked = _candidate_chunk([], finish="SAFETY")
+    blocked["usageMetadata"] = usage_chunk(10, 0)
+    fake_gemini.script_chunks([blocked])
+    result = await h.turn(gemini_settings, llm).run()
+    assert result["content"] == EMPTY_ANSWER == h.tokens()
+    assert h.usage == [(10, 0)]
 
 
 async def test_sql_tool_call_phases_and_result_sent_back(

@@ -166,8 +166,8 @@ class FakeGemini:
 
     @property
     def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        port = self._server.server_address[1]
+        return f"http://127.0.0.1:{port}"
 
     def start(self) -> FakeGemini:
         self._thread.start()
@@ -378,7 +378,7 @@ def _make_handler(fake: FakeGemini) -> type[BaseHTTPRequestHandler]:
                 reply.reached.set()
                 self.wfile.write(b"0\r\n\r\n")
                 self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError):
+            except OSError:
                 pass  # the client went away (a stopped turn); nothing left to do
 
         def _write_chunk(self, data: bytes) -> None:
