@@ -1,0 +1,278 @@
+"""SQL execution: a sandboxed query on a conversation's tables, run as a cancellable Ray task."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import decimal
+import math
+import re
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
+
+import polars as pl
+import ray
+from ray.exceptions import OutOfMemoryError, RayError, TaskCancelledError, WorkerCrashedError
+
+from actors.sql_guard import check_sql
+from chatdf.errors import ChatdfError, SqlFailed
+from chatdf.settings import Settings
+
+# Bounded memory for scans and joins; Polars falls back to in-memory where it must.
+ENGINE: Literal["streaming"] = "streaming"
+MAX_COLUMNS_LISTED = 40  # per table, in "column does not exist" sentences
+DETAILS_MAX_CHARS = 2000
+_MISSING_COLUMN = re.compile(r'unable to find column "([^"]+)"')
+_DID_YOU_MEAN = re.compile(r'Did you mean "([^"]+)"\?')
+_PLAN_DUMP = re.compile(r"\n\s*(Resolved plan until failure|This error occurred in)")
+
+
+# The pure core: frames in, JSON-safe result out -------------------------------------------
+
+
+def execute_sql(sql: str, frames: Mapping[str, pl.LazyFrame], max_rows: int) -> dict[str, Any]:
+    """Run `sql` (already checked) on `frames`: at most `max_rows` rows, the exact total count.
+
+    Returns {columns, rows, total_rows, truncated, execution_ms}; raises SqlFailed.
+    """
+    query = plan_sql(sql, frames)
+    result = collect_head(query, frames, max_rows)
+    if result["truncated"]:
+        result["total_rows"] = count_rows(query, frames)
+    return result
+
+
+def plan_sql(sql: str, frames: Mapping[str, pl.LazyFrame]) -> pl.LazyFrame:
+    """The query as a LazyFrame, in a fresh context that holds only `frames`."""
+    context: pl.SQLContext[pl.LazyFrame] = pl.SQLContext(frames=dict(frames), eager=False)
+    try:
+        return context.execute(sql)
+    except (pl.exceptions.PolarsError, pl.exceptions.PanicException) as exc:
+        raise explain_polars_error(exc, frames) from None
+
+
+def collect_head(
+    query: pl.LazyFrame, frames: Mapping[str, pl.LazyFrame], max_rows: int
+) -> dict[str, Any]:
+    """The first `max_rows` rows; one extra row is fetched only to learn whether more exist.
+
+    total_rows is exact when not truncated and None when truncated (see count_rows).
+    """
+    started = time.perf_counter()
+    try:
+        frame = query.head(max_rows + 1).collect(engine=ENGINE)
+    except (pl.exceptions.PolarsError, pl.exceptions.PanicException) as exc:
+        raise explain_polars_error(exc, frames) from None
+    except MemoryError:
+        raise SqlFailed("The query needed more memory than allowed") from None
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    truncated = frame.height > max_rows
+    frame = frame.head(max_rows)
+    return {
+        "columns": frame.columns,
+        "rows": json_rows(frame),
+        "total_rows": None if truncated else frame.height,
+        "truncated": truncated,
+        "execution_ms": round(elapsed_ms, 3),
+    }
+
+
+def count_rows(query: pl.LazyFrame, frames: Mapping[str, pl.LazyFrame]) -> int:
+    """How many rows the whole query produces (a second, full pass over the data)."""
+    try:
+        return int(query.select(pl.len()).collect(engine=ENGINE).item())
+    except (pl.exceptions.PolarsError, pl.exceptions.PanicException) as exc:
+        raise explain_polars_error(exc, frames) from None
+
+
+def json_rows(frame: pl.DataFrame) -> list[list[Any]]:
+    """Rows as lists of JSON-safe values (see docs/sql.md for the mapping of each type)."""
+    columns = [[json_value(v) for v in frame.get_column(name).to_list()] for name in frame.columns]
+    return [list(row) for row in zip(*columns, strict=True)] if columns else []
+
+
+def json_value(value: Any) -> Any:
+    """One cell as a JSON-safe value: ISO text for times, str for decimals, base64 for bytes."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None  # JSON has no NaN/Infinity
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, list | tuple):
+        return [json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
+    return str(value)
+
+
+def explain_polars_error(exc: BaseException, frames: Mapping[str, pl.LazyFrame]) -> SqlFailed:
+    """A Polars error as a sentence a person (or the model) can act on; Polars' text in details."""
+    text = _PLAN_DUMP.split(str(exc), maxsplit=1)[0].strip()  # the plan dump helps no one
+    details = text[:DETAILS_MAX_CHARS]
+    first = text.splitlines()[0][:300] if text else type(exc).__name__
+    errors = pl.exceptions
+    if isinstance(exc, errors.ColumnNotFoundError):
+        found = _MISSING_COLUMN.search(text)
+        subject = f"Column '{found.group(1)}'" if found else "A column used in the query"
+        hint = _DID_YOU_MEAN.search(text)
+        suggestion = f" Did you mean '{hint.group(1)}'?" if hint else ""
+        return SqlFailed(
+            f"{subject} does not exist. Available columns: {describe_columns(frames)}.{suggestion}",
+            details,
+        )
+    if isinstance(exc, errors.DuplicateError):
+        return SqlFailed(
+            "The query returns two columns with the same name; give them distinct names with AS",
+            details,
+        )
+    if isinstance(exc, errors.SQLSyntaxError) or first.startswith("sql parser error"):
+        return SqlFailed(f"The SQL has a syntax error: {first}", details)
+    if isinstance(exc, errors.SQLInterfaceError):
+        return SqlFailed(f"The query engine does not support this SQL: {first}", details)
+    if isinstance(exc, errors.InvalidOperationError | errors.SchemaError):
+        return SqlFailed(f"The query uses a value of the wrong type: {first}", details)
+    if isinstance(exc, errors.PanicException):
+        return SqlFailed(
+            "The query engine failed on this query; try writing it another way", details
+        )
+    return SqlFailed(f"The query failed: {first}", details)
+
+
+def describe_columns(frames: Mapping[str, pl.LazyFrame]) -> str:
+    """`table1(a, b), table2(c)` for the tables the query reads."""
+    parts = []
+    for name, frame in sorted(frames.items()):
+        try:
+            columns = frame.collect_schema().names()
+        except (pl.exceptions.PolarsError, OSError):
+            continue
+        shown = ", ".join(columns[:MAX_COLUMNS_LISTED])
+        extra = len(columns) - MAX_COLUMNS_LISTED
+        more = f", … ({extra} more)" if extra > 0 else ""
+        parts.append(f"{name}({shown}{more})")
+    return ", ".join(parts) or "none"
+
+
+# The Ray task: check, resolve the tables, run; results come back as plain dicts -----------
+
+
+def sql_task(
+    sql: str, tables: list[dict[str, Any]], settings: Settings
+) -> Iterator[dict[str, Any]]:
+    """Yields {"kind": "rows", ...result} then, when truncated, {"kind": "count", total_rows}.
+
+    Two items so that the caller has the rows even when the full count does not finish in
+    time. Failures are yielded as {"kind": "error", "exception": ChatdfError}.
+    """
+    try:
+        query, frames = _prepare(sql, tables, settings)
+        result = collect_head(query, frames, settings.query_max_rows)
+    except ChatdfError as exc:
+        yield {"kind": "error", "exception": exc}
+        return
+    yield {"kind": "rows", **result}
+    if result["truncated"]:
+        try:
+            total: int | None = count_rows(query, frames)
+        except ChatdfError:
+            total = None
+        yield {"kind": "count", "total_rows": total}
+
+
+def _prepare(
+    sql: str, tables: list[dict[str, Any]], settings: Settings
+) -> tuple[pl.LazyFrame, dict[str, pl.LazyFrame]]:
+    # The task checks again: it is the part that does I/O and must not trust its caller.
+    by_name = {t["name"]: t for t in tables}
+    used = check_sql(sql, list(by_name), settings.max_sql_chars)
+    from actors.dataset_task import ensure_local, scan_local
+
+    frames = {}
+    for name in used:  # only what the query reads is downloaded and scanned
+        table = by_name[name]
+        frames[name] = scan_local(
+            ensure_local(table["url"], table["format"], settings), table["format"]
+        )
+    return plan_sql(sql, frames), frames
+
+
+run_sql_task = ray.remote(num_returns="streaming", max_retries=0, retry_exceptions=False)(sql_task)
+
+
+# The caller's side: refuse early, submit, wait within the time limit, cancel on the way out ---
+
+
+async def run_sql(sql: str, tables: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
+    """Check `sql`, run it as a Ray task on `tables` ({name, url, format}) and return the result.
+
+    Raises SqlRefused (no task started), SqlFailed (engine error, time limit, memory) or the
+    DatasetError of a table that could not be fetched.
+    """
+    check_sql(sql, [t["name"] for t in tables], settings.max_sql_chars)
+    task = run_sql_task.options(memory=settings.query_memory_bytes).remote(sql, tables, settings)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.query_timeout_s
+    try:
+        first = await _next_item(task, deadline - loop.time())
+        if first is None:
+            raise SqlFailed("The query ended without a result")
+        if first["kind"] == "error":
+            raise first["exception"]
+        result = {k: v for k, v in first.items() if k != "kind"}
+        if result["truncated"]:
+            result["total_rows"] = await _count_or_none(task, deadline - loop.time())
+        return result
+    except TimeoutError:
+        ray.cancel(task, force=True)
+        raise SqlFailed(
+            f"The query took longer than {_seconds(settings.query_timeout_s)} and was cancelled"
+        ) from None
+    except asyncio.CancelledError:  # the turn was stopped: do not leave the query running
+        ray.cancel(task, force=True)
+        raise
+    except RayError as exc:
+        raise _explain_ray_error(exc) from None
+
+
+async def _count_or_none(task: Any, timeout_s: float) -> int | None:
+    """The full row count if it arrives in time; else the count is stopped and reported unknown."""
+    try:
+        item = await _next_item(task, timeout_s)
+    except TimeoutError:
+        ray.cancel(task, force=True)
+        return None
+    return item["total_rows"] if item is not None else None
+
+
+async def _next_item(task: Any, timeout_s: float) -> dict[str, Any] | None:
+    if timeout_s <= 0:
+        raise TimeoutError
+    try:
+        ref = await asyncio.wait_for(task.__anext__(), timeout_s)
+    except StopAsyncIteration:
+        return None
+    item: dict[str, Any] = await ref
+    return item
+
+
+def _explain_ray_error(exc: RayError) -> ChatdfError:
+    if isinstance(exc, OutOfMemoryError):
+        return SqlFailed("The query needed more memory than allowed and was stopped", str(exc))
+    if isinstance(exc, TaskCancelledError):
+        return SqlFailed("The query was cancelled")
+    if isinstance(exc, WorkerCrashedError):
+        return SqlFailed("The query engine stopped unexpectedly", str(exc)[:DETAILS_MAX_CHARS])
+    return SqlFailed("The query failed unexpectedly", str(exc)[:DETAILS_MAX_CHARS])
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} second" + ("" if value == 1 else "s")
