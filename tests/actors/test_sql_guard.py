@@ -241,3 +241,23 @@ def test_check_does_no_io(secret_url: str) -> None:
     with pytest.raises(OSError):  # this tiny server lacks range requests; the fetch is what counts
         pl.SQLContext().execute(f"SELECT * FROM read_csv('{secret_url}')").collect()
     assert CountingHandler.hits > 0
+
+
+def test_polars_cross_check_refuses_on_its_own(secret: Path) -> None:
+    """The second layer alone catches what Polars would read, whatever sqlglot thought."""
+    from actors.sql_guard import _cross_check_with_polars
+
+    with pytest.raises(SqlRefused, match="Table functions"):
+        _cross_check_with_polars(f"SELECT * FROM read_csv('{secret}')", {"table1": "table1"}, set())
+    with pytest.raises(SqlRefused, match="Unknown table 'elsewhere'"):
+        _cross_check_with_polars("SELECT * FROM elsewhere", {"table1": "table1"}, set())
+    _cross_check_with_polars(
+        "WITH c AS (SELECT 1) SELECT * FROM c, table1", {"table1": "table1"}, {"c"}
+    )
+
+
+def test_comment_terminators_the_parsers_disagree_on_are_refused(secret: Path) -> None:
+    # sqlglot ends a line comment at a bare CR, Polars does not: the text sqlglot sees is refused.
+    refusal(f"SELECT 1 -- \r FROM read_csv('{secret}')")
+    # A backslash does not escape a quote in either parser, so both see the function call.
+    refusal(f"SELECT 'a\\' AS x, * FROM read_csv('{secret}') -- '")
