@@ -250,6 +250,8 @@ async def _count_or_none(task: Any, timeout_s: float) -> int | None:
     except TimeoutError:
         ray.cancel(task, force=True)
         return None
+    except RayError:  # e.g. the worker was stopped for memory while counting: keep the rows
+        return None
     return item["total_rows"] if item is not None else None
 
 
