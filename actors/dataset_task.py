@@ -91,6 +91,8 @@ def ensure_local(
 
 def scan_local(path: Path, fmt: str) -> pl.LazyFrame:
     """A lazy scan of a cached file; the only place Polars opens dataset files."""
+    if not isinstance(path, Path):  # a str could be a URL, and Polars would fetch it unguarded
+        raise TypeError(f"scan_local takes a local Path, not {type(path).__name__}")
     if fmt == "parquet":
         return pl.scan_parquet(path, glob=False)
     if fmt in ("csv", "tsv"):
@@ -236,7 +238,7 @@ def _ipc_stream_to_file(source: Path, target: Path) -> None:
 def _local_stats(path: Path, fmt: str) -> tuple[int, pl.Schema]:
     try:
         if fmt == "parquet":
-            return pq.read_metadata(path).num_rows, pl.read_parquet_schema(path)
+            return pq.read_metadata(path).num_rows, pl.Schema(pl.read_parquet_schema(path))
         frame = scan_local(path, fmt)
         schema = frame.collect_schema()
         rows = int(frame.select(pl.len()).collect().item())

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import httpx
@@ -362,8 +361,3 @@ def _connect_reason(failed: Exception) -> str:
     if code == errno.ENETUNREACH or "unreachable" in text:
         return "the network is unreachable"
     return "the connection failed"
-
-
-def cache_name_hint(url: str) -> str:
-    """The last path segment of a URL, for extension hints (never used to open anything)."""
-    return Path(httpx.URL(url).path).name.lower()

@@ -279,6 +279,11 @@ def test_inspect_refreshes_the_local_copy(data_server: FakeDataServer, settings:
     assert scan_local(local, "csv").select(pl.len()).collect().item() == 3
 
 
+def test_scan_local_refuses_anything_but_a_local_path() -> None:
+    with pytest.raises(TypeError):
+        scan_local("http://169.254.169.254/latest.parquet", "parquet")  # type: ignore[arg-type]
+
+
 def test_bundled_sample() -> None:
     described = inspect_local(sample_path())
     assert (described["format"], described["row_count"], described["column_count"]) == (
