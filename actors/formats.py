@@ -162,7 +162,7 @@ def parquet_metadata(footer_and_trailer: bytes) -> tuple[int, pl.Schema]:
     stub = PARQUET_MAGIC + footer_and_trailer
     try:
         rows = pq.read_metadata(pa.BufferReader(stub)).num_rows
-        schema = pl.read_parquet_schema(io.BytesIO(stub))
+        schema = pl.Schema(pl.read_parquet_schema(io.BytesIO(stub)))
     except Exception as bad:  # pyarrow and polars raise several types for a broken footer
         raise DatasetError(PARQUET_CORRUPT, f"{type(bad).__name__}: {bad}") from None
     return rows, schema
