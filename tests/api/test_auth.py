@@ -135,9 +135,9 @@ def test_me_shape(live: LiveServer) -> None:
     }
 
 
-@pytest.mark.parametrize("email", ["no-at-sign", "@", "a" * 400 + "@x.io"])
-def test_dev_login_rejects_bad_email(live: LiveServer, email: str) -> None:
-    assert_error(dev_login(live, email=email), 400)
+def test_dev_login_rejects_bad_email(live: LiveServer) -> None:
+    for email in ("no-at-sign", "@", "a" * 400 + "@x.io", 5):
+        assert_error(dev_login(live, email=email), 400)
 
 
 def test_dev_login_disabled_is_404(serve: Serve) -> None:
@@ -224,19 +224,20 @@ def test_logout_deletes_session_and_clears_cookie(live: LiveServer, db: Database
         assert other.get("/auth/me").status_code == 200
 
 
-@pytest.mark.parametrize(
-    "headers",
-    [
-        {"Authorization": "Bearer not-a-real-token"},
-        {"Authorization": "Bearer"},
-        {"Authorization": "Bearer " + "x" * 5000},
-        {"Authorization": "Basic dXNlcjpwYXNz"},
-        {"Cookie": "session_token=forged"},
-    ],
-)
-def test_bad_credentials_are_401(live: LiveServer, headers: dict[str, str]) -> None:
-    with httpx.Client(base_url=live.url, headers=headers) as client:
-        assert_error(client.get("/auth/me"), 401)
+BAD_CREDENTIALS = [
+    {"Authorization": "Bearer not-a-real-token"},
+    {"Authorization": "Bearer"},
+    {"Authorization": "Bearer " + "x" * 5000},
+    {"Authorization": "Basic dXNlcjpwYXNz"},
+    {"Cookie": "session_token=forged"},
+    {"Cookie": "session_token="},
+]
+
+
+def test_bad_credentials_are_401(live: LiveServer) -> None:
+    for headers in BAD_CREDENTIALS:
+        with httpx.Client(base_url=live.url, headers=headers) as client:
+            assert_error(client.get("/auth/me"), 401)
 
 
 # Referral keys with dev login -------------------------------------------------------------------

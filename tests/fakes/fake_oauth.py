@@ -50,7 +50,10 @@ class FakeOAuthProvider:
         self.next_profile: Profile | None = None
         self.token_requests: list[dict[str, str]] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll keeps shutdown() (which waits out one poll) from slowing every test.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     # Lifecycle ---------------------------------------------------------------------------
 
