@@ -168,9 +168,10 @@ def test_rename(client: httpx.Client) -> None:
     assert body["title"] == "Quarterly"
     assert parse_utc(body["updated_at"]) >= parse_utc(conv["created_at"])
     for title in ("x", "y" * 100):
-        assert client.patch(f"/conversations/{conv['id']}", json={"title": title}).json()[
-            "title"
-        ] == title
+        assert (
+            client.patch(f"/conversations/{conv['id']}", json={"title": title}).json()["title"]
+            == title
+        )
     assert client.get(f"/conversations/{conv['id']}").json()["title"] == "y" * 100
 
 
@@ -218,9 +219,7 @@ def test_delete_one_removes_its_messages_and_datasets(client: httpx.Client, db: 
     with db.session() as s:
         for model in (Message, Dataset):
             left = s.scalar(
-                select(func.count()).select_from(model).where(
-                    model.conversation_id == doomed["id"]
-                )
+                select(func.count()).select_from(model).where(model.conversation_id == doomed["id"])
             )
             assert left == 0
     kept_detail = client.get(f"/conversations/{kept['id']}").json()
