@@ -54,6 +54,8 @@ def inspect_dataset(
     DatasetError (DatasetUnreachable when the URL did not answer as it should).
     """
     validate_url(url)
+    if url in settings.sample_urls:  # our own bundled file: read it here, fetch nothing
+        return inspect_local(sample_path())
     with _client(settings, client) as guarded:
         head = guarded.head(url, SNIFF_BYTES)
         sniffed = sniff_format(head.first_bytes, _name_of(url))
@@ -80,6 +82,8 @@ def ensure_local(
 ) -> Path:
     """A node-local copy of the dataset (downloaded through the guard once, then reused)."""
     validate_url(url)
+    if url in settings.sample_urls:
+        return sample_path()
     dest = cache_path(url, fmt, settings)
     if dest.exists():
         return dest

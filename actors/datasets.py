@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
+from actors.fetch import DatasetUnreachable
 from chatdf import events
 from chatdf.db import Conversation, Database, Dataset, utcnow
 from chatdf.errors import BadRequest, ChatdfError, DatasetError, NotFound, UpstreamFailed
@@ -82,8 +83,10 @@ class DatasetLoader:
         current = await asyncio.to_thread(self._dataset, conversation_id, dataset_id)
         try:
             info = await self._inspect(current["url"])
-        except DatasetError as exc:
+        except DatasetUnreachable as exc:
             raise UpstreamFailed(f"Could not refresh the dataset: {exc.error}", exc.details) from None
+        except DatasetError as exc:
+            raise BadRequest(f"Could not refresh the dataset: {exc.error}", exc.details) from None
         dataset = await asyncio.to_thread(self._mark_ready, dataset_id, info)
         if dataset is None:
             raise NotFound("Dataset not found")
@@ -101,7 +104,7 @@ class DatasetLoader:
         try:
             validate_url(url)
         except DatasetError as exc:
-            raise BadRequest("Invalid URL format", exc.error) from None
+            raise BadRequest("Invalid URL format", exc.details) from None
         return await asyncio.to_thread(self._insert, conversation_id, url)
 
     def _insert(self, conversation_id: str, url: str) -> dict[str, Any]:

@@ -11,10 +11,9 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from api.deps import DbDep, SettingsDep
 from chatdf.errors import NotFound
+from chatdf.settings import SAMPLE_PATH
 
 router = APIRouter(tags=["health"])
-
-SAMPLE_PATH = "/samples/sales.parquet"
 
 
 def ray_reachable() -> bool:

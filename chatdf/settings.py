@@ -5,10 +5,10 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DAY_S = 24 * 3600
+SAMPLE_PATH = "/samples/sales.parquet"
 
 
 class Settings(BaseSettings):
@@ -86,7 +86,7 @@ class Settings(BaseSettings):
 
     # Misc
     log_level: str = "INFO"
-    extra_allowed_hosts: list[str] = Field(default_factory=list)
+    public_url: str = ""  # how clients reach this server; empty: http://HOST:PORT
 
     @property
     def resolved_database_url(self) -> str:
@@ -114,6 +114,17 @@ class Settings(BaseSettings):
         if self.dev_login is not None:
             return self.dev_login
         return is_loopback_host(self.host)
+
+    @property
+    def sample_urls(self) -> frozenset[str]:
+        """URLs under which this server offers the bundled sample dataset."""
+        hosts = {self.host}
+        if is_loopback_host(self.host) or self.host in ("0.0.0.0", "::"):
+            hosts |= {"127.0.0.1", "localhost"}
+        urls = {f"http://{h}:{self.port}{SAMPLE_PATH}" for h in hosts}
+        if self.public_url:
+            urls.add(self.public_url.rstrip("/") + SAMPLE_PATH)
+        return frozenset(urls)
 
     @property
     def llm_configured(self) -> bool:
