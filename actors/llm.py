@@ -165,6 +165,15 @@ def model_error(exc: BaseException) -> ChatdfError:
     return ModelFailed(MODEL_FAILED, details)
 
 
+class _CallFailed(Exception):
+    """An SDK failure of one attempt, and whether text had already streamed."""
+
+    def __init__(self, cause: Exception, streamed: bool) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.streamed = streamed
+
+
 class _Collector:
     """Folds streamed chunks into a ModelReply, keeping parts replayable (thought signatures)."""
 
@@ -246,31 +255,49 @@ class GeminiClient:
         config = self.config(system, tools_enabled)
         attempt = 0
         while True:
-            collector = _Collector()
-            streamed = False
             try:
-                stream = await self._client.aio.models.generate_content_stream(
-                    model=self.model, contents=list(contents), config=config
-                )
-                async for chunk in stream:
-                    for text in collector.add(chunk):
-                        streamed = True
-                        await on_text(text)
-            except Exception as exc:
-                await _report(on_usage, collector.usage)
+                return await self._attempt(config, contents, on_text, on_usage)
+            except _CallFailed as failed:
+                exc = failed.cause
                 if is_too_long(exc):
                     raise ContextTooLong(details=f"{type(exc).__name__}: {exc}") from exc
-                if streamed or not is_transient(exc) or attempt >= self.settings.llm_max_retries:
+                retry = not failed.streamed and is_transient(exc)
+                if not retry or attempt >= self.settings.llm_max_retries:
                     raise model_error(exc) from exc
-                await self._sleep(self.settings.llm_backoff_s * 2**attempt)
-                attempt += 1
-                continue
-            except asyncio.CancelledError:
-                await asyncio.shield(_report(on_usage, collector.usage))
-                raise
-            reply = collector.finish()
-            await _report(on_usage, reply.usage)
-            return reply
+            await self._sleep(self.settings.llm_backoff_s * 2**attempt)
+            attempt += 1
+
+    async def _attempt(
+        self,
+        config: types.GenerateContentConfig,
+        contents: list[types.Content],
+        on_text: OnText,
+        on_usage: OnUsage,
+    ) -> ModelReply:
+        """One HTTP call. Only the SDK's failures become _CallFailed; callback errors propagate."""
+        collector = _Collector()
+        streamed = False
+        try:
+            stream = await self._client.aio.models.generate_content_stream(
+                model=self.model, contents=list(contents), config=config
+            )
+            while True:
+                try:
+                    chunk = await anext(stream)
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    await _report(on_usage, collector.usage)
+                    raise _CallFailed(exc, streamed) from exc
+                for text in collector.add(chunk):
+                    streamed = True
+                    await on_text(text)
+        except asyncio.CancelledError:
+            await asyncio.shield(_report(on_usage, collector.usage))
+            raise
+        reply = collector.finish()
+        await _report(on_usage, reply.usage)
+        return reply
 
     async def aclose(self) -> None:
         await self._client.aio.aclose()

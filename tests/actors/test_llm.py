@@ -220,3 +220,19 @@ def test_no_key_is_a_clear_error(settings: Settings) -> None:
         GeminiClient(settings.model_copy(update={"gemini_api_key": ""}))
     assert info.value.error == NO_MODEL
     assert "GEMINI_API_KEY" in info.value.error
+
+
+async def test_a_failing_callback_is_not_mistaken_for_a_model_error(
+    client: GeminiClient, rec: Recorder, fake_gemini: FakeGemini
+) -> None:
+    fake_gemini.script_text("Hello", chunks=1)
+    fake_gemini.script_text("not retried")
+
+    async def broken(text: str) -> None:
+        raise RuntimeError("publish failed")
+
+    with pytest.raises(RuntimeError, match="publish failed"):
+        await client.generate(
+            "S", [user_content("hi")], tools_enabled=True, on_text=broken, on_usage=rec.on_usage
+        )
+    assert len(fake_gemini.requests) == 1
