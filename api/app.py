@@ -2,28 +2,44 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy import update
 from starlette.datastructures import Headers
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import auth, chat, conversations, datasets, health, usage
+from api.deps import NOT_SIGNED_IN, authenticate, token_from
 from api.errors import error_response, install_error_handlers
 from chatdf.db import Database, Dataset, utcnow
-from chatdf.settings import Settings
+from chatdf.settings import SAMPLE_PATH, Settings
 from ws.connections import ConnectionManager
 from ws.endpoint import router as ws_router
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+PUBLIC_PATHS = frozenset(
+    {
+        "/health",
+        "/auth/google",
+        "/auth/google/callback",
+        "/auth/dev-login",
+        SAMPLE_PATH,
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/openapi.json",
+    }
+)
 
 
 def connect_ray(settings: Settings) -> bool:
@@ -34,8 +50,9 @@ def connect_ray(settings: Settings) -> bool:
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if settings.ray_address:
-        ray.init(address=settings.ray_address, namespace=settings.ray_namespace,
-                 log_to_driver=False)
+        ray.init(
+            address=settings.ray_address, namespace=settings.ray_namespace, log_to_driver=False
+        )
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(
@@ -89,6 +106,37 @@ class BodyLimit:
         await self.app(scope, receive_within_limit, send)
 
 
+class AuthFirst:
+    """Checks the session before routing, so no session is 401 even with a malformed body.
+
+    The user found is left in the request state for the `CurrentUser` dependency; unknown paths
+    stay 404 and CORS preflights pass.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self._needs_session(scope):
+            request = Request(scope)
+            token, _source = token_from(request)
+            db = request.app.state.db
+            user = await asyncio.to_thread(authenticate, db, self.settings, token)
+            if user is None:
+                await error_response(401, NOT_SIGNED_IN)(scope, receive, send)
+                return
+            scope.setdefault("state", {})["auth_user"] = user
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _needs_session(scope: Scope) -> bool:
+        if scope["method"] == "OPTIONS" or scope["path"] in PUBLIC_PATHS:
+            return False
+        routes = scope["app"].router.routes
+        return any(route.matches(scope)[0] != Match.NONE for route in routes)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -123,6 +171,7 @@ def create_app(settings: Settings) -> FastAPI:
         allow_headers=["*"],
     )
 
+    app.add_middleware(AuthFirst, settings=settings)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 
     for module in (health, auth, conversations, datasets, chat, usage):

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import COOKIE_NAME, CurrentUser, DbDep, SettingsDep, token_from
 from chatdf.db import Database, User
-from chatdf.errors import BadRequest, Forbidden, NotFound
+from chatdf.errors import BadRequest, Forbidden, NotFound, UpstreamFailed
 from chatdf.settings import Settings
 from chatdf.store import (
     DEV_USER_EMAIL,
@@ -153,7 +153,7 @@ async def fetch_google_profile(settings: Settings, code: str) -> dict[str, Any]:
             data: dict[str, Any] = info.json()
             return data
     except httpx.HTTPError as exc:
-        raise BadRequest("Could not reach Google to finish sign-in", str(exc)) from None
+        raise UpstreamFailed("Could not reach Google to finish sign-in", str(exc)) from None
 
 
 @router.get("/me")

@@ -52,7 +52,5 @@ async def run_query(
     """Runs SQL on the conversation's datasets under the model's sandbox and limits."""
     with db.session() as s:
         owned_conversation(s, user.id, conversation_id)
-    result: dict[str, Any] = await call_actor(
-        settings, user.id, "query", conversation_id, body.sql
-    )
+    result: dict[str, Any] = await call_actor(settings, user.id, "query", conversation_id, body.sql)
     return result

@@ -78,8 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in (("host", getattr(args, "host", None)),
-                                   ("port", getattr(args, "port", None))) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None)))
+        if v is not None
+    }
     settings = get_settings(**overrides)
     if args.command == "serve":
         serve(settings)

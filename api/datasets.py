@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import CurrentUser, DbDep, SettingsDep, call_actor
 from chatdf.db import Dataset
 from chatdf.errors import BadRequest, NotFound
-from chatdf.store import dataset_json, datasets_of, owned_conversation, touch
 from chatdf.sql_names import is_reserved_word
+from chatdf.store import dataset_json, datasets_of, owned_conversation, touch
 
 router = APIRouter(prefix="/conversations/{conversation_id}/datasets", tags=["datasets"])
 

@@ -9,13 +9,14 @@ from typing import Annotated, Any
 from fastapi import Depends, Request, WebSocket
 
 from actors.session import actor_name, get_session_actor
-from chatdf.db import Database
 from api.errors import unwrap
+from chatdf.db import Database
 from chatdf.errors import ChatdfError, Unauthorized
 from chatdf.settings import Settings
 from chatdf.store import user_for_token
 
 COOKIE_NAME = "session_token"
+NOT_SIGNED_IN = "Not signed in or the session has expired"
 
 
 @dataclass(frozen=True)
@@ -62,10 +63,13 @@ def authenticate(db: Database, settings: Settings, token: str) -> AuthUser | Non
 
 def current_user(request: Request, db: DbDep, settings: SettingsDep) -> AuthUser:
     """The signed-in user, from the httpOnly cookie or a Bearer header; 401 otherwise."""
+    checked: AuthUser | None = getattr(request.state, "auth_user", None)
+    if checked is not None:  # the app's middleware authenticated before routing
+        return checked
     token, _source = token_from(request)
     user = authenticate(db, settings, token)
     if user is None:
-        raise Unauthorized("Not signed in or the session has expired")
+        raise Unauthorized(NOT_SIGNED_IN)
     return user
 
 

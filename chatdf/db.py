@@ -112,9 +112,7 @@ class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (Index("ix_messages_conversation_created", "conversation_id", "created_at"),)
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    conversation_id: Mapped[str] = mapped_column(
-        ForeignKey("conversations.id", ondelete="CASCADE")
-    )
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
     role: Mapped[str] = mapped_column(String(16))
     content: Mapped[str] = mapped_column(Text, default="")
     sql_query: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -130,9 +128,7 @@ class Dataset(Base):
         Index("ix_datasets_conversation", "conversation_id", "position"),
     )
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    conversation_id: Mapped[str] = mapped_column(
-        ForeignKey("conversations.id", ondelete="CASCADE")
-    )
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
     url: Mapped[str] = mapped_column(String(2048))
     name: Mapped[str] = mapped_column(String(50))
     position: Mapped[int] = mapped_column(Integer, default=0)

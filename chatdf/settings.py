@@ -90,7 +90,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        """The database URL with a relative SQLite path made absolute (Ray workers run elsewhere)."""
+        """The database URL, a relative SQLite path made absolute (Ray workers run elsewhere)."""
         if not self.database_url:
             return f"sqlite:///{(Path(self.data_dir) / 'chatdf.db').resolve()}"
         prefix = "sqlite:///"

@@ -12,7 +12,7 @@ RESERVED = frozenset(
     qualify references right rlike select semi anti set show similar some table then to
     trailing true truncate union unique unnest update user using values when where window
     with copy describe
-    """.split()
+    """.split()  # noqa: SIM905 - a word list reads better as text
 )
 
 

@@ -8,7 +8,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from chatdf.db import (
@@ -105,11 +105,14 @@ def redeem_referral_key(db: Session, key: str | None, user_id: str) -> None:
     """Marks a key used; raises if it is missing, unknown or already used (single use)."""
     if not key:
         raise Forbidden("A referral key is required to sign up")
-    row = db.get(ReferralKey, hash_secret(key), with_for_update=True)
-    if row is None or row.used_by is not None:
+    # One conditional UPDATE: of two sign-ups racing for a key, exactly one wins.
+    result = db.execute(
+        update(ReferralKey)
+        .where(ReferralKey.key_hash == hash_secret(key), ReferralKey.used_by.is_(None))
+        .values(used_by=user_id, used_at=utcnow())
+    )
+    if getattr(result, "rowcount", 0) != 1:
         raise Forbidden("This referral key is invalid or has already been used")
-    row.used_by = user_id
-    row.used_at = utcnow()
 
 
 def referral_key_usable(db: Session, key: str | None) -> bool:

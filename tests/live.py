@@ -34,8 +34,12 @@ class LiveServer:
         self.settings = settings.model_copy(update={"host": "127.0.0.1", "port": self.port})
         self.app = create_app(self.settings)
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning",
-            ws_ping_interval=None, ws_max_size=self.settings.ws_max_frame_bytes,
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            ws_ping_interval=None,
+            ws_max_size=self.settings.ws_max_frame_bytes,
         )
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None

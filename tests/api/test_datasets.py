@@ -16,7 +16,11 @@ from tests.live import LiveServer
 
 
 def csv_bytes(n: int = 4) -> bytes:
-    return pl.DataFrame({"id": list(range(n)), "name": [f"n{i}" for i in range(n)]}).write_csv().encode()
+    return (
+        pl.DataFrame({"id": list(range(n)), "name": [f"n{i}" for i in range(n)]})
+        .write_csv()
+        .encode()
+    )
 
 
 def parquet_bytes(rows: int) -> bytes:
@@ -31,7 +35,9 @@ def signed_in(live: LiveServer) -> tuple[httpx.Client, str]:
     return client, conv
 
 
-def wait_status(client: httpx.Client, conv: str, dataset_id: str, timeout: float = 20) -> dict[str, Any]:
+def wait_status(
+    client: httpx.Client, conv: str, dataset_id: str, timeout: float = 20
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for d in client.get(f"/conversations/{conv}").json()["datasets"]:
@@ -72,8 +78,12 @@ def test_invalid_url_format(live: LiveServer) -> None:
 
 def test_rename_rules(live: LiveServer, data_server: FakeDataServer) -> None:
     client, conv = signed_in(live)
-    a = client.post(f"/conversations/{conv}/datasets", json={"url": data_server.add("/a.csv", csv_bytes())}).json()
-    b = client.post(f"/conversations/{conv}/datasets", json={"url": data_server.add("/b.csv", csv_bytes())}).json()
+    a = client.post(
+        f"/conversations/{conv}/datasets", json={"url": data_server.add("/a.csv", csv_bytes())}
+    ).json()
+    b = client.post(
+        f"/conversations/{conv}/datasets", json={"url": data_server.add("/b.csv", csv_bytes())}
+    ).json()
     wait_status(client, conv, a["dataset_id"])
     path = f"/conversations/{conv}/datasets/{a['dataset_id']}"
     r = client.patch(path, json={"table_name": "sales"})
@@ -139,9 +149,13 @@ def test_bundled_sample_loads_with_default_settings(ray_session: None, settings:
         final = wait_status(client, conv, d["dataset_id"])
         assert final["status"] == "ready", final
         assert final["row_count"] == 288 and final["column_count"] == 8
-        r = client.post(f"/conversations/{conv}/query",
-                        json={"sql": "SELECT region, SUM(units_sold) AS units FROM table1 "
-                                     "GROUP BY region ORDER BY region"})
+        r = client.post(
+            f"/conversations/{conv}/query",
+            json={
+                "sql": "SELECT region, SUM(units_sold) AS units FROM table1 "
+                "GROUP BY region ORDER BY region"
+            },
+        )
         assert r.status_code == 200, r.text
         assert r.json()["columns"] == ["region", "units"]
         assert len(r.json()["rows"]) >= 2

@@ -97,6 +97,18 @@ def test_401_before_404_so_ids_are_not_probed(live: LiveServer) -> None:
         assert_error(anon.delete("/conversations/not-an-id"), 401)
 
 
+def test_401_even_when_the_body_is_malformed(live: LiveServer) -> None:
+    """Auth is checked before the body is parsed: no session is 401, not a 400 about JSON."""
+    with live.client() as anon:
+        for body in MALFORMED:
+            r = anon.post(
+                f"/conversations/{uuid.uuid4()}/messages",
+                content=body,
+                headers={"content-type": "application/json"},
+            )
+            assert_error(r, 401)
+
+
 # 400 ------------------------------------------------------------------------------------------
 
 

@@ -60,18 +60,20 @@ def test_cookie_auth_needs_allowed_origin(live: LiveServer, user: SignedIn) -> N
         assert ws.receive_json()["type"] == "ping"
 
 
-def test_two_tabs_of_one_user_both_receive_an_actor_event(
-    live: LiveServer, user: SignedIn
-) -> None:
+def test_two_tabs_of_one_user_both_receive_an_actor_event(live: LiveServer, user: SignedIn) -> None:
     """Several sockets of one user (tabs) each get every event published by the actor."""
-    from actors.session import get_session_actor
     import ray
+
+    from actors.session import get_session_actor
 
     with live.ws(user.token) as tab1, live.ws(user.token) as tab2:
         assert live.manager.count(user.user_id) == 2
         actor = get_session_actor(user.user_id, live.settings)
-        ray.get(actor.publish.remote({"type": "query_status", "conversation_id": "c",
-                                      "phase": "queued"}))
+        ray.get(
+            actor.publish.remote(
+                {"type": "query_status", "conversation_id": "c", "phase": "queued"}
+            )
+        )
         assert tab1.receive_event()["phase"] == "queued"
         assert tab2.receive_event()["phase"] == "queued"
 
@@ -92,8 +94,13 @@ def test_token_never_logged(live: LiveServer, user: SignedIn, caplog: object) ->
     from api.cli import RedactTokens
 
     record = logging.LogRecord(
-        "uvicorn.error", logging.INFO, __file__, 1,
-        '%s - "WebSocket /ws?token=%s" [accepted]', ("127.0.0.1", user.token), None,
+        "uvicorn.error",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "WebSocket /ws?token=%s" [accepted]',
+        ("127.0.0.1", user.token),
+        None,
     )
     assert RedactTokens().filter(record)
     assert user.token not in record.getMessage()

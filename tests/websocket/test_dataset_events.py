@@ -30,8 +30,11 @@ def test_ws_msg_4_and_5_loading_then_loaded(
         dataset_id = r.json()["dataset_id"]
         loading = ws.assert_received_type("dataset_loading")
         assert loading == {
-            "type": "dataset_loading", "conversation_id": conv["id"],
-            "dataset_id": dataset_id, "url": url, "status": "loading",
+            "type": "dataset_loading",
+            "conversation_id": conv["id"],
+            "dataset_id": dataset_id,
+            "url": url,
+            "status": "loading",
         }
         loaded = ws.assert_received_type("dataset_loaded")
     assert loaded["dataset_id"] == dataset_id

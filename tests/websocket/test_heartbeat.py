@@ -38,7 +38,7 @@ def test_ws_hb_1_ping_pong_keeps_the_connection_alive(fast_live: LiveServer) -> 
 
 
 def test_ws_hb_1_stale_connection_is_closed_and_cleaned(fast_live: LiveServer) -> None:
-    """WS-HB-1 (stale): a client that sends nothing for HEARTBEAT_TIMEOUT is closed, then forgotten."""
+    """WS-HB-1 (stale): a client silent for HEARTBEAT_TIMEOUT is closed, then forgotten."""
     token, user_id, client = fast_live.login(f"hb-{uuid.uuid4().hex[:8]}@example.com")
     with fast_live.ws(token) as ws:
         assert ws.close_code(timeout=5) == 4000

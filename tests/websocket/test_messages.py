@@ -41,7 +41,11 @@ class Chat:
         d = self.client.post(f"/conversations/{self.conv}/datasets", json={"url": url}).json()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if any(x["status"] == "ready" for x in self.detail()["datasets"] if x["id"] == d["dataset_id"]):
+            if any(
+                x["status"] == "ready"
+                for x in self.detail()["datasets"]
+                if x["id"] == d["dataset_id"]
+            ):
                 return
             time.sleep(0.05)
         raise AssertionError("dataset did not load")
@@ -64,7 +68,9 @@ def chat(chat_live: LiveServer) -> Iterator[Chat]:
 
 
 def types_of(frames: list[dict[str, Any]]) -> list[str]:
-    return [f["type"] if f["type"] != "query_status" else f"query_status({f['phase']})" for f in frames]
+    return [
+        f["type"] if f["type"] != "query_status" else f"query_status({f['phase']})" for f in frames
+    ]
 
 
 def test_ws_msg_1_and_2_tokens_then_complete(chat: Chat, fake_gemini: FakeGemini) -> None:
@@ -115,8 +121,13 @@ def test_ws_msg_7_full_round_trip_phases_tokens_complete(
         if not compact or compact[-1] != t:
             compact.append(t)
     assert compact == [
-        "query_status(queued)", "query_status(generating)", "chat_token",
-        "query_status(executing)", "query_status(formatting)", "chat_token", "chat_complete",
+        "query_status(queued)",
+        "query_status(generating)",
+        "chat_token",
+        "query_status(executing)",
+        "query_status(formatting)",
+        "chat_token",
+        "chat_complete",
     ]
     done = frames[-1]
     assert done["sql_query"] == sql
@@ -248,7 +259,10 @@ def test_ws_msg_8_warning_after_turn_over_80_percent(
 
 
 def test_ws_msg_9_exceeded_refuses_with_429_and_event(
-    ray_session: None, gemini_settings: Settings, fake_gemini: FakeGemini, data_server: FakeDataServer
+    ray_session: None,
+    gemini_settings: Settings,
+    fake_gemini: FakeGemini,
+    data_server: FakeDataServer,
 ) -> None:
     """WS-MSG-9: at the limit a message gets 429 and rate_limit_exceeded; datasets still work."""
     server = LiveServer(gemini_settings.model_copy(update={"token_limit": 50})).start()
@@ -269,7 +283,9 @@ def test_ws_msg_9_exceeded_refuses_with_429_and_event(
         roles = [m["role"] for m in c.detail()["messages"]]
         assert roles == ["user", "assistant"]  # the refused message changed nothing
         c.attach(data_server)  # dataset routes keep working
-        r = c.client.post(f"/conversations/{c.conv}/query", json={"sql": "SELECT COUNT(*) AS n FROM table1"})
+        r = c.client.post(
+            f"/conversations/{c.conv}/query", json={"sql": "SELECT COUNT(*) AS n FROM table1"}
+        )
         assert r.status_code == 200 and r.json()["rows"] == [[3]]
     finally:
         server.stop()
