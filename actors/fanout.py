@@ -33,7 +33,7 @@ class Fanout:
             try:
                 queue.put_nowait(event)
             except asyncio.QueueFull:
-                log.warning("subscriber %s fell %d events behind; dropping it", sub_id, len(queue))
+                log.warning("subscriber %s fell %d events behind; dropped", sub_id, queue.qsize())
                 self._drop(sub_id)
 
     def close(self, sub_id: str) -> None:

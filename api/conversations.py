@@ -9,10 +9,9 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from api.deps import CurrentUser, DbDep, SettingsDep, call_actor_if_running
-from chatdf.db import Conversation
+from chatdf.db import Conversation, iso
 from chatdf.store import (
     conversation_detail,
-    iso,
     list_conversations,
     owned_conversation,
     touch,

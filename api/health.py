@@ -20,7 +20,7 @@ def ray_reachable() -> bool:
     import ray
 
     try:
-        return bool(ray.is_initialized() and ray.cluster_resources())
+        return bool(ray.is_initialized() and ray.cluster_resources())  # type: ignore[no-untyped-call]
     except Exception:
         return False
 
