@@ -7,8 +7,13 @@ from typing import Any
 from fastapi import APIRouter, status
 from pydantic import BaseModel
 
-from api.deps import CurrentUser, DbDep, SettingsDep, call_actor, call_actor_if_running
-from chatdf.store import owned_conversation
+from api.deps import (
+    CurrentUser,
+    OwnedConversationId,
+    SettingsDep,
+    call_actor,
+    call_actor_if_running,
+)
 
 router = APIRouter(prefix="/conversations/{conversation_id}", tags=["chat"])
 
@@ -23,11 +28,12 @@ class QueryBody(BaseModel):
 
 @router.post("/messages", status_code=status.HTTP_202_ACCEPTED)
 async def post_message(
-    conversation_id: str, body: MessageBody, user: CurrentUser, db: DbDep, settings: SettingsDep
+    conversation_id: OwnedConversationId,
+    body: MessageBody,
+    user: CurrentUser,
+    settings: SettingsDep,
 ) -> dict[str, Any]:
     """Saves the user's message and starts the model's turn; events follow on the socket."""
-    with db.session() as s:
-        owned_conversation(s, user.id, conversation_id)
     result: dict[str, Any] = await call_actor(
         settings, user.id, "post_message", conversation_id, body.content
     )
@@ -36,21 +42,17 @@ async def post_message(
 
 @router.post("/stop")
 async def stop_turn(
-    conversation_id: str, user: CurrentUser, db: DbDep, settings: SettingsDep
+    conversation_id: OwnedConversationId, user: CurrentUser, settings: SettingsDep
 ) -> dict[str, bool]:
     """Stops the running turn, keeping its partial answer (a no-op when none runs)."""
-    with db.session() as s:
-        owned_conversation(s, user.id, conversation_id)
     await call_actor_if_running(settings, user.id, "stop", conversation_id)
     return {"success": True}
 
 
 @router.post("/query")
 async def run_query(
-    conversation_id: str, body: QueryBody, user: CurrentUser, db: DbDep, settings: SettingsDep
+    conversation_id: OwnedConversationId, body: QueryBody, user: CurrentUser, settings: SettingsDep
 ) -> dict[str, Any]:
     """Runs SQL on the conversation's datasets under the model's sandbox and limits."""
-    with db.session() as s:
-        owned_conversation(s, user.id, conversation_id)
     result: dict[str, Any] = await call_actor(settings, user.id, "query", conversation_id, body.sql)
     return result

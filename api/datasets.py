@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import CurrentUser, DbDep, SettingsDep, call_actor
+from api.deps import CurrentUser, DbDep, OwnedConversationId, SettingsDep, call_actor
 from chatdf.db import Dataset
 from chatdf.errors import BadRequest, NotFound
 from chatdf.sql_names import is_reserved_word
@@ -30,11 +30,9 @@ class RenameBody(BaseModel):
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 async def add_dataset(
-    conversation_id: str, body: AddBody, user: CurrentUser, db: DbDep, settings: SettingsDep
+    conversation_id: OwnedConversationId, body: AddBody, user: CurrentUser, settings: SettingsDep
 ) -> dict[str, Any]:
     """Attaches a dataset by URL; answers at once, progress arrives as events."""
-    with db.session() as s:
-        owned_conversation(s, user.id, conversation_id)
     result: dict[str, Any] = await call_actor(
         settings, user.id, "add_dataset", conversation_id, body.url
     )

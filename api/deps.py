@@ -13,7 +13,7 @@ from api.errors import unwrap
 from chatdf.db import Database
 from chatdf.errors import ChatdfError, Unauthorized
 from chatdf.settings import Settings
-from chatdf.store import user_for_token
+from chatdf.store import owned_conversation, user_for_token
 
 COOKIE_NAME = "session_token"
 NOT_SIGNED_IN = "Not signed in or the session has expired"
@@ -74,6 +74,16 @@ def current_user(request: Request, db: DbDep, settings: SettingsDep) -> AuthUser
 
 
 CurrentUser = Annotated[AuthUser, Depends(current_user)]
+
+
+def owned_conversation_id(conversation_id: str, user: CurrentUser, db: DbDep) -> str:
+    """The path's conversation id, once it is known to be the user's (404 otherwise)."""
+    with db.session() as s:
+        owned_conversation(s, user.id, conversation_id)
+    return conversation_id
+
+
+OwnedConversationId = Annotated[str, Depends(owned_conversation_id)]
 
 
 async def call_actor(settings: Settings, user_id: str, method: str, *args: Any) -> Any:
