@@ -124,7 +124,7 @@ class ChatRunner:
 
     async def query(self, conversation_id: str, sql: object) -> dict[str, Any]:
         """Runs SQL on the conversation's ready datasets under the sandbox and limits."""
-        from actors.sql import run_sql
+        from actors.tasks import run_sql
 
         if not isinstance(sql, str) or not sql.strip():
             raise BadRequest("sql must be a non-empty string")

@@ -1,4 +1,4 @@
-"""Dataset loading as Ray tasks: inspect a URL (format, rows, schema) and keep node-local copies."""
+"""Dataset loading inside Ray tasks: inspect a URL (format, rows, schema), keep local copies."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray
 
 from actors.fetch import CHUNK_BYTES, GuardedClient, Head, too_large, validate_url
 from actors.formats import (
@@ -72,9 +71,6 @@ def inspect_dataset(
         "column_count": len(schema),
         "schema": describe_schema(schema),
     }
-
-
-load_dataset_task = ray.remote(max_retries=0, num_cpus=0.5)(inspect_dataset)
 
 
 def ensure_local(

@@ -140,7 +140,7 @@ class DatasetLoader:
             return dataset_json(row)
 
     async def _inspect(self, url: str) -> dict[str, Any]:
-        from actors.dataset_task import load_dataset_task
+        from actors.tasks import load_dataset_task
 
         ref = load_dataset_task.remote(url, self.settings)
         try:

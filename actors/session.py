@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -61,6 +62,7 @@ class SessionActor:
             "subscribers": len(self.fanout),
             "running_turns": self.chat.running_count(),
             "loading": self.datasets.running_count(),
+            "polars_loaded": "polars" in sys.modules,  # must stay False (see actors/tasks.py)
         }
 
     def is_idle(self) -> bool:

@@ -1,8 +1,7 @@
-"""SQL execution: a sandboxed query on a conversation's tables, run as a cancellable Ray task."""
+"""SQL execution with Polars: a checked query on a conversation's tables, inside a Ray worker."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 import decimal
@@ -13,17 +12,15 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 import polars as pl
-import ray
-from ray.exceptions import OutOfMemoryError, RayError, TaskCancelledError, WorkerCrashedError
 
 from actors.sql_guard import check_sql
+from actors.tasks import DETAILS_MAX_CHARS
 from chatdf.errors import ChatdfError, SqlFailed
 from chatdf.settings import Settings
 
 # Bounded memory for scans and joins; Polars falls back to in-memory where it must.
 ENGINE: Literal["streaming"] = "streaming"
 MAX_COLUMNS_LISTED = 40  # per table, in "column does not exist" sentences
-DETAILS_MAX_CHARS = 2000
 _MISSING_COLUMN = re.compile(r'unable to find column "([^"]+)"')
 _DID_YOU_MEAN = re.compile(r'Did you mean "([^"]+)"\?')
 _PLAN_DUMP = re.compile(r"\n\s*(Resolved plan until failure|This error occurred in)")
@@ -162,10 +159,11 @@ def describe_columns(frames: Mapping[str, pl.LazyFrame]) -> str:
     return ", ".join(parts) or "none"
 
 
-# The Ray task: check, resolve the tables, run; results come back as plain dicts -----------
+# The task's work (`actors.tasks.run_sql_task`): check, resolve the tables, run; results go
+# back as plain dicts, so the caller never needs Polars to read them ------------------------
 
 
-def sql_task(
+def stream_sql(
     sql: str, tables: list[dict[str, Any]], settings: Settings
 ) -> Iterator[dict[str, Any]]:
     """Yields {"kind": "rows", ...result} then, when truncated, {"kind": "count", total_rows}.
@@ -191,7 +189,8 @@ def sql_task(
 def _prepare(
     sql: str, tables: list[dict[str, Any]], settings: Settings
 ) -> tuple[pl.LazyFrame, dict[str, pl.LazyFrame]]:
-    # The task checks again: it is the part that does I/O and must not trust its caller.
+    # The task checks again, in full: it does the I/O and must not trust its caller, and the
+    # Polars cross-check runs only here (the session actor does not load Polars).
     by_name = {t["name"]: t for t in tables}
     used = check_sql(sql, list(by_name), settings.max_sql_chars)
     from actors.dataset_task import ensure_local, scan_local
@@ -204,77 +203,3 @@ def _prepare(
         )
     return plan_sql(sql, frames), frames
 
-
-run_sql_task = ray.remote(num_returns="streaming", max_retries=0, retry_exceptions=False)(sql_task)
-
-
-# The caller's side: refuse early, submit, wait within the time limit, cancel on the way out ---
-
-
-async def run_sql(sql: str, tables: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
-    """Check `sql`, run it as a Ray task on `tables` ({name, url, format}) and return the result.
-
-    Raises SqlRefused (no task started), SqlFailed (engine error, time limit, memory) or the
-    DatasetError of a table that could not be fetched.
-    """
-    check_sql(sql, [t["name"] for t in tables], settings.max_sql_chars)
-    task = run_sql_task.options(memory=settings.query_memory_bytes).remote(sql, tables, settings)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.query_timeout_s
-    try:
-        first = await _next_item(task, deadline - loop.time())
-        if first is None:
-            raise SqlFailed("The query ended without a result")
-        if first["kind"] == "error":
-            raise first["exception"]
-        result = {k: v for k, v in first.items() if k != "kind"}
-        if result["truncated"]:
-            result["total_rows"] = await _count_or_none(task, deadline - loop.time())
-        return result
-    except TimeoutError:
-        ray.cancel(task, force=True)
-        raise SqlFailed(
-            f"The query took longer than {_seconds(settings.query_timeout_s)} and was cancelled"
-        ) from None
-    except asyncio.CancelledError:  # the turn was stopped: do not leave the query running
-        ray.cancel(task, force=True)
-        raise
-    except RayError as exc:
-        raise _explain_ray_error(exc) from None
-
-
-async def _count_or_none(task: Any, timeout_s: float) -> int | None:
-    """The full row count if it arrives in time; else the count is stopped and reported unknown."""
-    try:
-        item = await _next_item(task, timeout_s)
-    except TimeoutError:
-        ray.cancel(task, force=True)
-        return None
-    except RayError:  # e.g. the worker was stopped for memory while counting: keep the rows
-        return None
-    return item["total_rows"] if item is not None else None
-
-
-async def _next_item(task: Any, timeout_s: float) -> dict[str, Any] | None:
-    if timeout_s <= 0:
-        raise TimeoutError
-    try:
-        ref = await asyncio.wait_for(task.__anext__(), timeout_s)
-    except StopAsyncIteration:
-        return None
-    item: dict[str, Any] = await ref
-    return item
-
-
-def _explain_ray_error(exc: RayError) -> ChatdfError:
-    if isinstance(exc, OutOfMemoryError):
-        return SqlFailed("The query needed more memory than allowed and was stopped", str(exc))
-    if isinstance(exc, TaskCancelledError):
-        return SqlFailed("The query was cancelled")
-    if isinstance(exc, WorkerCrashedError):
-        return SqlFailed("The query engine stopped unexpectedly", str(exc)[:DETAILS_MAX_CHARS])
-    return SqlFailed("The query failed unexpectedly", str(exc)[:DETAILS_MAX_CHARS])
-
-
-def _seconds(value: float) -> str:
-    return f"{value:g} second" + ("" if value == 1 else "s")

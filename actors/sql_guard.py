@@ -47,11 +47,15 @@ _FORBIDDEN_NODES: tuple[type[exp.Expr], ...] = (
 _FILE_FUNCTION = re.compile(r"^(read|scan)_", re.IGNORECASE)
 
 
-def check_sql(sql: str, table_names: Collection[str], max_chars: int) -> list[str]:
+def check_sql(
+    sql: str, table_names: Collection[str], max_chars: int, *, cross_check: bool = True
+) -> list[str]:
     """Refuse `sql` unless it is one read-only SELECT over `table_names`; return the tables read.
 
     The returned names are spelled as registered, so the caller loads and registers only those.
-    Raises SqlRefused; never touches a file or the network.
+    Raises SqlRefused; never touches a file or the network. `cross_check=False` skips Polars'
+    own parser (sqlglot checks only) so a process can refuse early without loading Polars;
+    whoever goes on to read files must run the full check.
     """
     if len(sql) > max_chars:
         raise SqlRefused(
@@ -63,7 +67,8 @@ def check_sql(sql: str, table_names: Collection[str], max_chars: int) -> list[st
     _refuse_forbidden_nodes(query)
     _refuse_file_functions(query)
     used = _check_table_references(query, registered)
-    _cross_check_with_polars(sql, registered, cte_names)
+    if cross_check:
+        _cross_check_with_polars(sql, registered, cte_names)
     return sorted(used)
 
 

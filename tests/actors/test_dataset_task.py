@@ -19,12 +19,12 @@ from actors.dataset_task import (
     ensure_local,
     inspect_dataset,
     inspect_local,
-    load_dataset_task,
     sample_path,
     scan_local,
 )
 from actors.fetch import DatasetUnreachable
 from actors.formats import NOT_SUPPORTED, PARQUET_CORRUPT
+from actors.tasks import load_dataset_task
 from chatdf.errors import DatasetError
 from chatdf.settings import Settings
 from tests.fakes.fake_data_server import FakeDataServer

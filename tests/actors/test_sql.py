@@ -16,7 +16,8 @@ import polars as pl
 import pytest
 import ray
 
-from actors.sql import execute_sql, run_sql
+from actors.sql import execute_sql
+from actors.tasks import run_sql
 from chatdf.errors import DatasetError, SqlFailed, SqlRefused
 from chatdf.settings import Settings
 from tests.fakes.fake_data_server import FakeDataServer
@@ -238,6 +239,17 @@ async def test_run_sql_refuses_before_any_io(
     for sql in [f"SELECT * FROM read_csv('{secret}')", "SELECT * FROM table9", "DROP TABLE table1"]:
         with pytest.raises(SqlRefused):
             await run_sql(sql, tables, settings)
+    assert sum(data_server.requests.values()) == 0
+
+
+@pytest.mark.usefixtures("ray_session")
+async def test_run_sql_cross_checks_in_the_task_before_any_io(
+    served: Callable[..., dict[str, Any]], data_server: FakeDataServer, settings: Settings
+) -> None:
+    """The caller checks with sqlglot only; the task runs Polars' parser before fetching."""
+    tables = [served("table1", SALES)]
+    with pytest.raises(SqlRefused, match="The query engine could not parse the SQL"):
+        await run_sql("SELECT * FROM table1 USING SAMPLE 10", tables, settings)
     assert sum(data_server.requests.values()) == 0
 
 

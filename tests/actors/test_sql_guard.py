@@ -256,6 +256,20 @@ def test_polars_cross_check_refuses_on_its_own(secret: Path) -> None:
     )
 
 
+def test_without_the_cross_check_every_escape_is_still_refused(secret: Path) -> None:
+    """The session actor's early check (sqlglot only: no Polars there) refuses them all."""
+    for template in TABLE_FUNCTION_ESCAPES + STATEMENT_ESCAPES:
+        with pytest.raises(SqlRefused):
+            check_sql(template.format(p=secret), TABLES, MAX_CHARS, cross_check=False)
+
+
+def test_the_cross_check_is_on_by_default() -> None:
+    sql = "SELECT * FROM table1 USING SAMPLE 10"  # sqlglot reads it, Polars' parser does not
+    assert check_sql(sql, TABLES, MAX_CHARS, cross_check=False) == ["table1"]
+    with pytest.raises(SqlRefused, match="The query engine could not parse the SQL"):
+        check_sql(sql, TABLES, MAX_CHARS)
+
+
 def test_comment_terminators_the_parsers_disagree_on_are_refused(secret: Path) -> None:
     # sqlglot ends a line comment at a bare CR, Polars does not: the text sqlglot sees is refused.
     refusal(f"SELECT 1 -- \r FROM read_csv('{secret}')")

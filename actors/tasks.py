@@ -1,0 +1,142 @@
+"""The Ray tasks (dataset load, SQL) and their actor-side callers, free of Polars by design.
+
+A session actor runs in its own process per user; Polars there would cost ~25 MB RSS and its
+thread pools each (measured). So this module, which the actor imports, only submits and awaits
+tasks: the task bodies import the worker-side code (`actors.dataset_task`, `actors.sql`, which
+load Polars and PyArrow) when they run, inside a Ray worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import ray
+from ray.exceptions import OutOfMemoryError, RayError, TaskCancelledError, WorkerCrashedError
+
+from actors.sql_guard import check_sql
+from chatdf.errors import ChatdfError, SqlFailed
+from chatdf.settings import Settings
+
+DETAILS_MAX_CHARS = 2000
+
+
+# Task bodies: these run in Ray workers, which is where the engine gets imported -----------
+
+
+def load_dataset(url: str, settings: Settings) -> dict[str, Any]:
+    """Describe a dataset URL (`actors.dataset_task.inspect_dataset`) inside a worker."""
+    from actors.dataset_task import inspect_dataset
+
+    with _portable_errors():
+        return inspect_dataset(url, settings)
+
+
+def sql_task(
+    sql: str, tables: list[dict[str, Any]], settings: Settings
+) -> Iterator[dict[str, Any]]:
+    """Run SQL inside a worker (`actors.sql.stream_sql`): the rows first, then the count.
+
+    Named so that its worker process shows as `ray::sql_task`.
+    """
+    from actors.sql import stream_sql
+
+    with _portable_errors():
+        yield from stream_sql(sql, tables, settings)
+
+
+load_dataset_task = ray.remote(max_retries=0, num_cpus=0.5)(load_dataset)
+run_sql_task = ray.remote(num_returns="streaming", max_retries=0, retry_exceptions=False)(sql_task)
+
+
+@contextlib.contextmanager
+def _portable_errors() -> Iterator[None]:
+    """Make sure no exception that reaches the caller needs Polars to be unpickled.
+
+    Ray pickles a task's exception by class, so a Polars (or PyArrow) exception escaping a task
+    would make the session actor import Polars just to unpickle it. Our own errors and builtins
+    pass unchanged; anything else becomes a RuntimeError naming it (the cause stays in Ray's
+    traceback text, which is built in the worker).
+    """
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, ChatdfError) or type(exc).__module__ == "builtins":
+            raise
+        kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        raise RuntimeError(f"{kind}: {exc}") from exc
+
+
+# The caller's side: refuse early, submit, wait within the time limit, cancel on the way out ---
+
+
+async def run_sql(sql: str, tables: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
+    """Check `sql`, run it as a Ray task on `tables` ({name, url, format}) and return the result.
+
+    Raises SqlRefused, SqlFailed (engine error, time limit, memory) or the DatasetError of a
+    table that could not be fetched. The sqlglot checks run here, so most refusals cost no
+    task; the Polars cross-check runs in the task, before it reads anything.
+    """
+    check_sql(sql, [t["name"] for t in tables], settings.max_sql_chars, cross_check=False)
+    task = run_sql_task.options(memory=settings.query_memory_bytes).remote(sql, tables, settings)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.query_timeout_s
+    try:
+        first = await _next_item(task, deadline - loop.time())
+        if first is None:
+            raise SqlFailed("The query ended without a result")
+        if first["kind"] == "error":
+            raise first["exception"]
+        result = {k: v for k, v in first.items() if k != "kind"}
+        if result["truncated"]:
+            result["total_rows"] = await _count_or_none(task, deadline - loop.time())
+        return result
+    except TimeoutError:
+        ray.cancel(task, force=True)
+        raise SqlFailed(
+            f"The query took longer than {_seconds(settings.query_timeout_s)} and was cancelled"
+        ) from None
+    except asyncio.CancelledError:  # the turn was stopped: do not leave the query running
+        ray.cancel(task, force=True)
+        raise
+    except RayError as exc:
+        raise _explain_ray_error(exc) from None
+
+
+async def _count_or_none(task: Any, timeout_s: float) -> int | None:
+    """The full row count if it arrives in time; else the count is stopped and reported unknown."""
+    try:
+        item = await _next_item(task, timeout_s)
+    except TimeoutError:
+        ray.cancel(task, force=True)
+        return None
+    except RayError:  # e.g. the worker was stopped for memory while counting: keep the rows
+        return None
+    return item["total_rows"] if item is not None else None
+
+
+async def _next_item(task: Any, timeout_s: float) -> dict[str, Any] | None:
+    if timeout_s <= 0:
+        raise TimeoutError
+    try:
+        ref = await asyncio.wait_for(task.__anext__(), timeout_s)
+    except StopAsyncIteration:
+        return None
+    item: dict[str, Any] = await ref
+    return item
+
+
+def _explain_ray_error(exc: RayError) -> ChatdfError:
+    if isinstance(exc, OutOfMemoryError):
+        return SqlFailed("The query needed more memory than allowed and was stopped", str(exc))
+    if isinstance(exc, TaskCancelledError):
+        return SqlFailed("The query was cancelled")
+    if isinstance(exc, WorkerCrashedError):
+        return SqlFailed("The query engine stopped unexpectedly", str(exc)[:DETAILS_MAX_CHARS])
+    return SqlFailed("The query failed unexpectedly", str(exc)[:DETAILS_MAX_CHARS])
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} second" + ("" if value == 1 else "s")
