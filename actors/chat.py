@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,10 +86,9 @@ class ChatRunner:
         except BaseException:
             self._turns.pop(conversation_id, None)
             raise
-        await self.publish(events.QueryStatus(conversation_id=conversation_id, phase="queued").wire())
-        turn.task = asyncio.get_running_loop().create_task(
-            self._run(conversation_id, turn, text)
-        )
+        queued = events.QueryStatus(conversation_id=conversation_id, phase="queued")
+        await self.publish(queued.wire())
+        turn.task = asyncio.get_running_loop().create_task(self._run(conversation_id, turn, text))
         return {"message_id": turn.message_id, "status": "processing"}
 
     def _validate(self, content: object) -> str:
@@ -223,7 +222,7 @@ class ChatRunner:
         await asyncio.to_thread(self.budget.record, inp, out, conversation_id)
 
     async def _save_answer(
-        self, conversation_id: str, message_id: str, result: dict[str, Any]
+        self, conversation_id: str, message_id: str, result: Mapping[str, Any]
     ) -> dict[str, Any] | None:
         """Saves the assistant message however the turn ended (a shielded write)."""
         return await asyncio.shield(
@@ -231,7 +230,7 @@ class ChatRunner:
         )
 
     def _insert_answer(
-        self, conversation_id: str, message_id: str, result: dict[str, Any]
+        self, conversation_id: str, message_id: str, result: Mapping[str, Any]
     ) -> dict[str, Any] | None:
         with self.db.session() as s:
             try:

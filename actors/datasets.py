@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -62,7 +63,7 @@ class DatasetLoader:
         )
         task = asyncio.get_running_loop().create_task(self._load(conversation_id, dataset))
         self._loads[dataset["id"]] = (conversation_id, task)
-        task.add_done_callback(lambda t, i=dataset["id"]: self._forget(i, t))
+        task.add_done_callback(functools.partial(self._forget, dataset["id"]))
         return {"dataset_id": dataset["id"], "status": "loading"}
 
     def _forget(self, dataset_id: str, task: asyncio.Task[dict[str, Any]]) -> None:
@@ -84,7 +85,8 @@ class DatasetLoader:
         try:
             info = await self._inspect(current["url"])
         except DatasetUnreachable as exc:
-            raise UpstreamFailed(f"Could not refresh the dataset: {exc.error}", exc.details) from None
+            error = f"Could not refresh the dataset: {exc.error}"
+            raise UpstreamFailed(error, exc.details) from None
         except DatasetError as exc:
             raise BadRequest(f"Could not refresh the dataset: {exc.error}", exc.details) from None
         dataset = await asyncio.to_thread(self._mark_ready, dataset_id, info)
@@ -117,9 +119,12 @@ class DatasetLoader:
                 raise BadRequest(
                     f"Maximum {self.settings.max_datasets_per_conversation} datasets reached"
                 )
-            position = (s.scalar(
-                select(func.max(Dataset.position)).where(Dataset.conversation_id == conv.id)
-            ) or 0) + 1
+            position = (
+                s.scalar(
+                    select(func.max(Dataset.position)).where(Dataset.conversation_id == conv.id)
+                )
+                or 0
+            ) + 1
             taken = {d.name.lower() for d in existing}
             while f"table{position}" in taken:
                 position += 1

@@ -170,17 +170,22 @@ def actor_class() -> Any:
     if _remote_class is None:
         import ray
 
-        _remote_class = ray.remote(num_cpus=0, max_concurrency=1000, max_restarts=3)(
-            SessionActor
-        )
+        # Ray's stubs lack actor-only options such as max_concurrency.
+        _remote_class = ray.remote(  # type: ignore[call-overload]
+            num_cpus=0, max_concurrency=1000, max_restarts=3
+        )(SessionActor)
     return _remote_class
 
 
 def get_session_actor(user_id: str, settings: Settings) -> Any:
     """The user's actor, created on first use (get-if-exists), detached and self-reaping."""
-    return actor_class().options(
-        name=actor_name(user_id),
-        namespace=settings.ray_namespace,
-        lifetime="detached",
-        get_if_exists=True,
-    ).remote(user_id, settings)
+    return (
+        actor_class()
+        .options(
+            name=actor_name(user_id),
+            namespace=settings.ray_namespace,
+            lifetime="detached",
+            get_if_exists=True,
+        )
+        .remote(user_id, settings)
+    )

@@ -128,7 +128,7 @@ class WSHelper:
     def receive_until(self, type_: str, timeout: float = 15.0) -> list[dict[str, Any]]:
         """Frames up to and including the first of `type_`."""
         deadline = time.monotonic() + timeout
-        got = []
+        got: list[dict[str, Any]] = []
         while True:
             left = deadline - time.monotonic()
             if left <= 0:

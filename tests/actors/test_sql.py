@@ -320,7 +320,7 @@ async def test_time_limit_force_cancels_a_running_query(
 ) -> None:
     tables = [served("table1", pl.DataFrame({"n": range(20_000)}))]
     settings.query_timeout_s = 3
-    cpus_before = ray.available_resources().get("CPU", 0)
+    cpus_before = ray.available_resources().get("CPU", 0)  # type: ignore[no-untyped-call]
     runner = asyncio.ensure_future(run_sql(SLOW_SQL, tables, settings))
     # The query is seen running inside a worker, so the cancel below stops real work.
     assert await asyncio.to_thread(wait_until, lambda: sql_workers_running() == 1)
@@ -328,7 +328,7 @@ async def test_time_limit_force_cancels_a_running_query(
         await runner
     assert info.value.error == "The query took longer than 3 seconds and was cancelled"
     assert wait_until(lambda: sql_workers_running() == 0)
-    assert wait_until(lambda: ray.available_resources().get("CPU", 0) >= cpus_before)
+    assert wait_until(lambda: ray.available_resources().get("CPU", 0) >= cpus_before)  # type: ignore[no-untyped-call]
 
 
 @pytest.mark.usefixtures("ray_session")

@@ -33,7 +33,8 @@ class Chat:
         return self.client.post(f"/conversations/{self.conv}/messages", json={"content": content})
 
     def detail(self) -> dict[str, Any]:
-        return self.client.get(f"/conversations/{self.conv}").json()  # type: ignore[no-any-return]
+        detail: dict[str, Any] = self.client.get(f"/conversations/{self.conv}").json()
+        return detail
 
     def attach(self, data_server: FakeDataServer) -> None:
         df = pl.DataFrame({"region": ["N", "S", "N"], "revenue": [10, 20, 5]})
@@ -53,7 +54,9 @@ class Chat:
     def wait_assistant(self, timeout: float = 15) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            msgs = [m for m in self.detail()["messages"] if m["role"] == "assistant"]
+            msgs: list[dict[str, Any]] = [
+                m for m in self.detail()["messages"] if m["role"] == "assistant"
+            ]
             if msgs:
                 return msgs[-1]
             time.sleep(0.05)
