@@ -161,3 +161,22 @@ def test_bundled_sample_loads_with_default_settings(ray_session: None, settings:
         assert len(r.json()["rows"]) >= 2
     finally:
         server.stop()
+
+
+def test_load_interrupted_by_a_crash_ends_in_error(live: LiveServer) -> None:
+    """A row left 'loading' by a dead actor is closed as an error when the next actor starts."""
+    from chatdf.db import Database, Dataset
+
+    token, _uid, client = live.login(f"crash-{uuid.uuid4().hex[:8]}@example.com")
+    conv = client.post("/conversations").json()["id"]
+    db = Database(live.settings.resolved_database_url)
+    with db.session() as s:
+        row = Dataset(conversation_id=conv, url="http://example.com/x.csv", name="table1")
+        s.add(row)
+        s.flush()
+        dataset_id = row.id
+    with live.ws(token):  # connecting starts the user's actor
+        final = wait_status(client, conv, dataset_id)
+    assert final["status"] == "error"
+    assert "interrupted" in final["error"]
+    client.close()
