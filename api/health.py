@@ -16,24 +16,29 @@ from chatdf.settings import SAMPLE_PATH
 router = APIRouter(tags=["health"])
 
 
-def ray_reachable() -> bool:
+def ray_nodes() -> int:
+    """Alive Ray nodes this edge sees (0 when Ray is unreachable)."""
     import ray
 
     try:
-        return bool(ray.is_initialized() and ray.cluster_resources())  # type: ignore[no-untyped-call]
+        if not ray.is_initialized():
+            return 0
+        nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+        return len([node for node in nodes if node.get("Alive")])
     except Exception:
-        return False
+        return 0
 
 
 @router.get("/health")
 async def health(db: DbDep, settings: SettingsDep) -> JSONResponse:
     """Whether Ray and the database answer, and whether a model key is configured."""
-    ray_ok = await asyncio.to_thread(ray_reachable)
+    nodes = await asyncio.to_thread(ray_nodes)
     db_ok = await asyncio.to_thread(db.ping)
-    ok = ray_ok and db_ok
+    ok = nodes > 0 and db_ok
     body: dict[str, Any] = {
         "status": "ok" if ok else "degraded",
-        "ray": ray_ok,
+        "ray": nodes > 0,
+        "ray_nodes": nodes,
         "database": db_ok,
         "llm_configured": settings.llm_configured,
     }

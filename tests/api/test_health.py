@@ -24,7 +24,13 @@ def test_health_ok_without_llm_key(server: LiveServer) -> None:
     with server.client() as anon:
         r = anon.get("/health")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "ray": True, "database": True, "llm_configured": False}
+    assert r.json() == {
+        "status": "ok",
+        "ray": True,
+        "ray_nodes": 1,
+        "database": True,
+        "llm_configured": False,
+    }
 
 
 @pytest.mark.parametrize("server", ["test-key"], indirect=True)
