@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from actors.budget import TokenBudget
@@ -36,7 +36,6 @@ UNEXPECTED = "Something went wrong while generating the answer"
 class RunningTurn:
     message_id: str
     task: asyncio.Task[None] | None = None
-    partial: Callable[[], dict[str, Any]] = field(default=lambda: {})
 
 
 class ChatRunner:
@@ -67,8 +66,7 @@ class ChatRunner:
 
     async def post(self, conversation_id: str, content: object) -> dict[str, Any]:
         """Saves the user message and starts a turn; 409 while one runs, 429 over budget."""
-        text = self._validate(content)
-        await asyncio.to_thread(self._check_owner, conversation_id)
+        text = self._validate(content)  # ownership: the edge checked; saving checks again
         if conversation_id in self._turns:
             raise Conflict("A response is already being generated for this conversation")
         if self.budget.is_exceeded():
@@ -99,10 +97,6 @@ class ChatRunner:
                 f"Message is too long (at most {self.settings.max_message_chars} characters)"
             )
         return content
-
-    def _check_owner(self, conversation_id: str) -> None:
-        with self.db.session() as s:
-            owned_conversation(s, self.user_id, conversation_id)
 
     def _save_user_message(self, conversation_id: str, text: str) -> None:
         with self.db.session() as s:

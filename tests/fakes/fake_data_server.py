@@ -179,9 +179,11 @@ def _handler_for(server: FakeDataServer) -> type[BaseHTTPRequestHandler]:
                 for chunk in spec.read(start, length):
                     if limit is not None:
                         chunk = chunk[: max(0, limit - sent)]
+                    # Counted before the write: once the client has the bytes, the count shows
+                    # them (a failed write can only over-count, which errs on the safe side).
+                    server.count(path, len(chunk), {})
                     self.wfile.write(chunk)
                     sent += len(chunk)
-                    server.count(path, len(chunk), {})
                     if limit is not None and sent >= limit:
                         break
                 self.wfile.flush()
