@@ -21,10 +21,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 from websockets.sync.client import connect
 
 from tests.live import free_port
+from tests.pg import SERVER_URL, fresh_database
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -61,18 +61,11 @@ def wait_healthy(url: str, nodes: int, logs: list[Path], timeout_s: float = 150)
 
 @pytest.fixture
 def database_url(tmp_path: Path) -> Iterator[str]:
-    server = os.environ.get("POSTGRES_TEST_URL", "")
-    if not server:
+    if not SERVER_URL:
         yield f"sqlite:///{tmp_path / 'shared.db'}"
         return
-    name = f"chatdf_cluster_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield server.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_database("chatdf_cluster") as url:
+        yield url
 
 
 @pytest.fixture

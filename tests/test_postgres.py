@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from chatdf.settings import Settings
 from tests.live import LiveServer
+from tests.pg import SERVER_URL, fresh_database
 
 pytestmark = pytest.mark.postgres
-
-SERVER_URL = os.environ.get("POSTGRES_TEST_URL", "")
 
 
 @pytest.fixture
@@ -22,14 +18,8 @@ def pg_url() -> Iterator[str]:
     """A fresh database on the test server, dropped afterwards."""
     if not SERVER_URL:
         pytest.skip("POSTGRES_TEST_URL is not set (scripts/test.sh starts a server when it can)")
-    name = f"chatdf_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(SERVER_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield SERVER_URL.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture
