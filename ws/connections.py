@@ -38,7 +38,7 @@ class ConnectionManager:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._connections: dict[str, set[Connection]] = {}
-        self._subscriptions: dict[str, tuple[str, asyncio.Task[None]]] = {}
+        self._subscriptions: dict[str, tuple[str, asyncio.Task[None], asyncio.Future[None]]] = {}
 
     def count(self, user_id: str) -> int:
         return len(self._connections.get(user_id, ()))
@@ -48,15 +48,17 @@ class ConnectionManager:
         conn = Connection(user_id, websocket)
         self._connections.setdefault(user_id, set()).add(conn)
         if user_id not in self._subscriptions:
-            ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             sub_id = uuid.uuid4().hex
-            task = asyncio.create_task(self._follow(user_id, sub_id, ready))
-            self._subscriptions[user_id] = (sub_id, task)
-            try:
-                await ready
-            except Exception:
-                await self.disconnect(conn)
-                raise
+            task = asyncio.create_task(self._follow(user_id, sub_id, started))
+            self._subscriptions[user_id] = (sub_id, task, started)
+        ready = self._subscriptions[user_id][2]
+        try:
+            # A second tab arriving while the first subscribes waits for the same stream.
+            await asyncio.shield(ready)
+        except Exception:
+            await self.disconnect(conn)
+            raise
         return conn
 
     async def disconnect(self, conn: Connection) -> None:
@@ -104,7 +106,7 @@ class ConnectionManager:
         entry = self._subscriptions.pop(user_id, None)
         if entry is None:
             return
-        sub_id, task = entry
+        sub_id, task, _ready = entry
         with contextlib.suppress(Exception):
             handle = await asyncio.to_thread(get_session_actor, user_id, self.settings)
             await asyncio.wait_for(handle.unsubscribe.remote(sub_id), timeout=5)

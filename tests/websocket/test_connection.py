@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import ray
 from sqlalchemy import update
 
+from actors.session import get_session_actor
 from chatdf.db import Database, UserSession, utcnow
 from chatdf.store import hash_secret
 from tests.live import LiveServer, WSHelper
@@ -105,3 +107,23 @@ def test_token_never_logged(live: LiveServer, user: SignedIn, caplog: object) ->
     assert RedactTokens().filter(record)
     assert user.token not in record.getMessage()
     assert "token=[redacted]" in record.getMessage()
+
+
+def test_two_tabs_connecting_at_once_both_get_the_first_event(
+    live: LiveServer, user: SignedIn
+) -> None:
+    """A tab that opens while the first tab's subscription is still starting is not left out."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        tabs = list(pool.map(lambda _: live.ws(user.token), range(2)))
+    try:
+        live.call(live.manager.send_to_user(user.user_id, {"type": "unknown_type", "n": 1}))
+        actor = get_session_actor(user.user_id, live.settings)
+        ray.get(actor.publish.remote({"type": "unknown_type", "n": 2}))
+        for tab in tabs:
+            assert tab.receive_json()["n"] == 1
+            assert tab.receive_json()["n"] == 2
+    finally:
+        for tab in tabs:
+            tab.ws.close()
