@@ -64,10 +64,6 @@ def test_cookie_auth_needs_allowed_origin(live: LiveServer, user: SignedIn) -> N
 
 def test_two_tabs_of_one_user_both_receive_an_actor_event(live: LiveServer, user: SignedIn) -> None:
     """Several sockets of one user (tabs) each get every event published by the actor."""
-    import ray
-
-    from actors.session import get_session_actor
-
     with live.ws(user.token) as tab1, live.ws(user.token) as tab2:
         assert live.manager.count(user.user_id) == 2
         actor = get_session_actor(user.user_id, live.settings)
