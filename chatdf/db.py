@@ -19,6 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
     text,
 )
 from sqlalchemy.engine import Engine
@@ -169,8 +170,27 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def create_schema(self) -> None:
-        """Create missing tables and indexes (idempotent; safe with several edges starting)."""
+        """Creates missing tables and indexes, then adds columns newer code expects.
+
+        Idempotent, so several edges may start at once. Migrations are additive only: a column
+        added to a model appears in an existing database as a nullable column.
+        """
         Base.metadata.create_all(self.engine)
+        for table in Base.metadata.sorted_tables:
+            have = {c["name"] for c in inspect(self.engine).get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in have:
+                    self._add_column(table.name, column.name, column.type)
+
+    def _add_column(self, table: str, column: str, kind: Any) -> None:
+        sql_type = kind.compile(dialect=self.engine.dialect)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(text(f'ALTER TABLE {table} ADD COLUMN "{column}" {sql_type}'))
+        except Exception:
+            # Another edge starting at the same moment may have added it first.
+            if column not in {c["name"] for c in inspect(self.engine).get_columns(table)}:
+                raise
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -1,0 +1,53 @@
+"""The schema on a real SQLite file: created on start, and older databases gain new columns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import create_engine, inspect, text
+
+from chatdf.db import Database
+
+
+def test_create_schema_is_idempotent_and_indexed(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'a.db'}")
+    db.create_schema()
+    db.create_schema()
+    insp = inspect(db.engine)
+    assert {
+        "users",
+        "sessions",
+        "referral_keys",
+        "conversations",
+        "messages",
+        "datasets",
+        "token_usage",
+    } <= set(insp.get_table_names())
+    indexed = {
+        (t, tuple(i["column_names"])) for t in insp.get_table_names() for i in insp.get_indexes(t)
+    }
+    assert ("sessions", ("token_hash",)) in indexed
+    assert ("conversations", ("user_id", "updated_at")) in indexed
+    assert ("messages", ("conversation_id", "created_at")) in indexed
+    assert ("token_usage", ("user_id", "created_at")) in indexed
+
+
+def test_older_database_gains_missing_columns(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = create_engine(url)
+    with old.begin() as conn:  # a messages table from before tool rounds were stored
+        conn.execute(
+            text(
+                "CREATE TABLE messages (id VARCHAR(36) PRIMARY KEY, conversation_id VARCHAR(36), "
+                "role VARCHAR(16), content TEXT, sql_query TEXT, token_count INTEGER, "
+                "created_at DATETIME)"
+            )
+        )
+        conn.execute(text("INSERT INTO messages (id, role, content) VALUES ('m1', 'user', 'hi')"))
+    old.dispose()
+    db = Database(url)
+    db.create_schema()
+    columns = {c["name"] for c in inspect(db.engine).get_columns("messages")}
+    assert "tool_rounds" in columns
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT content FROM messages")).scalar() == "hi"
