@@ -6,10 +6,12 @@ import asyncio
 import functools
 import json
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from actors.fetch import DatasetUnreachable
 from chatdf import events
@@ -22,6 +24,8 @@ log = logging.getLogger(__name__)
 
 Publish = Callable[[dict[str, Any]], Awaitable[None]]
 INTERRUPTED = "Loading was interrupted before it finished. Refresh the dataset to try again."
+ALREADY_LOADED = "This dataset is already loaded"
+MAX_URL_CHARS = 2048  # the datasets.url column
 
 
 class DatasetLoader:
@@ -33,6 +37,9 @@ class DatasetLoader:
         self.db = db
         self.publish = publish
         self._loads: dict[str, tuple[str, asyncio.Task[dict[str, Any]]]] = {}
+        # Adds run in threads; one at a time, so racing adds cannot both pass the duplicate,
+        # count and table-name checks (all of a user's adds go through this one actor).
+        self._admission = threading.Lock()
 
     def running_count(self) -> int:
         return len(self._loads)
@@ -58,7 +65,7 @@ class DatasetLoader:
         dataset = await self._admit(conversation_id, url)
         await self.publish(
             events.DatasetLoading(
-                conversation_id=conversation_id, dataset_id=dataset["id"], url=url
+                conversation_id=conversation_id, dataset_id=dataset["id"], url=dataset["url"]
             ).wire()
         )
         task = asyncio.get_running_loop().create_task(self._load(conversation_id, dataset))
@@ -103,6 +110,9 @@ class DatasetLoader:
         if not isinstance(url, str) or not url.strip():
             raise BadRequest("Invalid URL format", "url must be a non-empty string")
         url = url.strip()
+        if len(url) > MAX_URL_CHARS:
+            details = f"the URL is longer than {MAX_URL_CHARS} characters"
+            raise BadRequest("Invalid URL format", details)
         try:
             validate_url(url)
         except DatasetError as exc:
@@ -110,11 +120,18 @@ class DatasetLoader:
         return await asyncio.to_thread(self._insert, conversation_id, url)
 
     def _insert(self, conversation_id: str, url: str) -> dict[str, Any]:
+        try:
+            with self._admission:
+                return self._insert_row(conversation_id, url)
+        except IntegrityError:  # the same URL added by another process (e.g. a restarted actor)
+            raise BadRequest(ALREADY_LOADED) from None
+
+    def _insert_row(self, conversation_id: str, url: str) -> dict[str, Any]:
         with self.db.session() as s:
             conv = owned_conversation(s, self.user_id, conversation_id)
             existing = datasets_of(s, conversation_id)
             if any(d.url == url for d in existing):
-                raise BadRequest("This dataset is already loaded")
+                raise BadRequest(ALREADY_LOADED)
             if len(existing) >= self.settings.max_datasets_per_conversation:
                 raise BadRequest(
                     f"Maximum {self.settings.max_datasets_per_conversation} datasets reached"

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy import update
 from starlette.datastructures import Headers
@@ -17,7 +17,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import auth, chat, conversations, datasets, health, usage
-from api.deps import NOT_SIGNED_IN, authenticate, token_from
+from api.deps import COOKIE_NAME, NOT_SIGNED_IN, authenticate, token_from
 from api.errors import error_response, install_error_handlers
 from chatdf.db import Database, Dataset, utcnow
 from chatdf.settings import SAMPLE_PATH, Settings
@@ -120,14 +120,33 @@ class AuthFirst:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self._needs_session(scope):
             request = Request(scope)
-            token, _source = token_from(request)
+            token, source = token_from(request)
             db = request.app.state.db
             user = await asyncio.to_thread(authenticate, db, self.settings, token)
             if user is None:
                 await error_response(401, NOT_SIGNED_IN)(scope, receive, send)
                 return
             scope.setdefault("state", {})["auth_user"] = user
+            if source == "cookie":
+                send = self._renewing_cookie(send, token)
         await self.app(scope, receive, send)
+
+    def _renewing_cookie(self, send: Send, token: str) -> Send:
+        """Sessions are extended on use; re-issuing the cookie keeps the browser's copy as long."""
+        renewal = Response()
+        auth.set_session_cookie(renewal, token, self.settings)
+        cookie = next(value for key, value in renewal.raw_headers if key == b"set-cookie")
+        own = COOKIE_NAME.encode() + b"="
+
+        async def send_with_cookie(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                # A route that sets the cookie itself (logout clears it) has the last word.
+                if not any(k.lower() == b"set-cookie" and v.startswith(own) for k, v in headers):
+                    message = {**message, "headers": [*headers, (b"set-cookie", cookie)]}
+            await send(message)
+
+        return send_with_cookie
 
     @staticmethod
     def _needs_session(scope: Scope) -> bool:

@@ -70,11 +70,12 @@ def sign_in(
 
 @router.post("/dev-login")
 def dev_login(
-    body: DevLoginBody, response: Response, db: DbDep, settings: SettingsDep
+    response: Response, db: DbDep, settings: SettingsDep, body: DevLoginBody | None = None
 ) -> dict[str, Any]:
     """Signs in without Google (local development only); no email means the local dev user."""
     if not settings.dev_login_enabled:
         raise NotFound("Dev login is disabled")
+    body = body or DevLoginBody()
     email = (body.email or DEV_USER_EMAIL).strip().lower()
     if "@" not in email or len(email) < 3:
         raise BadRequest("Invalid email address")
@@ -84,8 +85,11 @@ def dev_login(
 
 
 @router.post("/google")
-def google_login(body: GoogleLoginBody, db: DbDep, settings: SettingsDep) -> dict[str, str]:
+def google_login(
+    db: DbDep, settings: SettingsDep, body: GoogleLoginBody | None = None
+) -> dict[str, str]:
     """Starts the Google OAuth flow: returns the consent URL carrying a CSRF state."""
+    body = body or GoogleLoginBody()
     with db.session() as s:
         state = create_oauth_state(s, body.referral_key)
     params = {

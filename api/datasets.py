@@ -20,7 +20,8 @@ IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,49}$")
 
 
 class AddBody(BaseModel):
-    url: str = Field(max_length=2048)
+    # Any: a missing or non-string URL gets the contract's "Invalid URL format", from the actor.
+    url: Any = None
 
 
 class RenameBody(BaseModel):
