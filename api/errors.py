@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatdf.errors import ChatdfError
@@ -25,6 +26,9 @@ _STATUS_SENTENCES = {
     429: "Too many requests",
     503: "Service unavailable",
 }
+
+
+UNSTORABLE = "The request contains a value that cannot be stored (for example a NUL character)"
 
 
 def error_response(status: int, error: str, details: str | None = None) -> JSONResponse:
@@ -49,6 +53,15 @@ def install_error_handlers(app: FastAPI) -> None:
             loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
             parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
         return error_response(400, "Invalid request body", "; ".join(parts) or None)
+
+    @app.exception_handler(DataError)
+    async def unstorable_value(_req: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value from the request, e.g. PostgreSQL and a NUL character
+        # (in a title, a message or a path id): bad input, so 400, not 500. Ray re-raises an
+        # actor's DataError as a subclass of it, so this catches those too.
+        inner = unwrap(exc)
+        details = str(getattr(inner, "orig", None) or inner).splitlines()[0][:200]
+        return error_response(400, UNSTORABLE, details)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_req: Request, exc: StarletteHTTPException) -> JSONResponse:

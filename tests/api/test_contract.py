@@ -16,6 +16,7 @@ import pytest
 from chatdf.settings import Settings
 from tests.fakes.fake_data_server import FakeDataServer
 from tests.live import LiveServer
+from tests.pg import SERVER_URL, fresh_database
 
 WEEK_S = 7 * 24 * 3600
 MESSAGE_KEYS = {"id", "role", "content", "sql_query", "token_count", "created_at"}
@@ -280,3 +281,34 @@ def test_documented_defaults_and_setting_names(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("HEARTBEAT_TIMEOUT", "34")
     from_env = Settings()
     assert (from_env.heartbeat_interval, from_env.heartbeat_timeout) == (12, 34)
+
+
+@pytest.mark.postgres
+def test_values_postgres_cannot_store_are_400_not_500(
+    ray_session: None, gemini_settings: Settings
+) -> None:
+    """PostgreSQL refuses NUL characters in text; that is bad input, never a 500."""
+    if not SERVER_URL:
+        pytest.skip("POSTGRES_TEST_URL is not set (scripts/test.sh starts a server when it can)")
+    with fresh_database() as url:
+        server = LiveServer(gemini_settings.model_copy(update={"database_url": url})).start()
+        try:
+            _t, _u, client = server.login("nul@example.com")
+            with client:
+                conv = client.post("/conversations").json()["id"]
+                for method, path, body in [
+                    ("POST", "/conversations", {"title": "a\x00b"}),
+                    ("PATCH", f"/conversations/{conv}", {"title": "a\x00b"}),
+                    ("POST", f"/conversations/{conv}/messages", {"content": "hi\x00"}),
+                    ("GET", "/conversations/%00", None),
+                ]:
+                    r = client.request(method, path, json=body)
+                    assert r.status_code in (400, 404), (method, path, r.text)
+                    assert_error(r, r.status_code)
+                assert client.get(f"/conversations/{conv}").json()["messages"] == []
+            with server.client() as anon:
+                assert_error(anon.post("/auth/dev-login", json={"email": "x\x00@e.com"}), 400)
+                r = anon.get("/auth/google/callback", params={"state": "s\x00", "code": "c"})
+                assert r.status_code in (400, 403) and set(r.json()) == {"error", "details"}
+        finally:
+            server.stop()
