@@ -106,6 +106,23 @@ class BodyLimit:
         await self.app(scope, receive_within_limit, send)
 
 
+class ContractCORS(CORSMiddleware):
+    """CORS whose refused preflights answer the contract's `{error, details}`, not plain text."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        body = bytes(response.body).decode()
+        refused = error_response(
+            response.status_code, "This cross-origin request is not allowed", body
+        )
+        for key, value in response.headers.items():
+            if key.startswith("access-control-") or key == "vary":
+                refused.headers[key] = value
+        return refused
+
+
 class AuthFirst:
     """Checks the session before routing, so no session is 401 even with a malformed body.
 
@@ -183,7 +200,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(
-        CORSMiddleware,
+        ContractCORS,
         allow_origins=settings.allowed_origins,
         allow_credentials=True,
         allow_methods=["*"],

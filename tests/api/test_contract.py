@@ -228,6 +228,19 @@ def test_usage_body(client: httpx.Client) -> None:
     assert usage["usage_percent"] == 0 and usage["resets_in_seconds"] == 0
 
 
+# CORS -----------------------------------------------------------------------------------------
+
+
+def test_refused_cors_preflight_has_the_error_body(live: LiveServer) -> None:
+    preflight = {"Access-Control-Request-Method": "POST"}
+    with live.client() as anon:
+        r = anon.options("/conversations", headers={**preflight, "Origin": "http://evil.example"})
+        assert_error(r, 400)
+        allowed = live.settings.allowed_origins[0]
+        r = anon.options("/conversations", headers={**preflight, "Origin": allowed})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == allowed
+
+
 # Auth -----------------------------------------------------------------------------------------
 
 
