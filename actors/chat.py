@@ -11,6 +11,7 @@ from typing import Any
 
 from actors.budget import TokenBudget
 from actors.datasets import DatasetLoader
+from actors.turn import Turn
 from chatdf import events
 from chatdf.db import Database, Message, new_id, utcnow
 from chatdf.errors import BadRequest, ChatdfError, Conflict, OverBudget, Unavailable
@@ -36,6 +37,12 @@ UNEXPECTED = "Something went wrong while generating the answer"
 class RunningTurn:
     message_id: str
     task: asyncio.Task[None] | None = None
+    started: bool = False
+    stop_requested: bool = False
+
+
+def _partial(runner: Turn | None) -> Mapping[str, Any]:
+    return runner.partial() if runner is not None else {"content": ""}
 
 
 class ChatRunner:
@@ -107,9 +114,14 @@ class ChatRunner:
     async def stop(self, conversation_id: str) -> bool:
         """Cancels the running turn (its partial answer is saved); False when none runs."""
         turn = self._turns.get(conversation_id)
-        if turn is None or turn.task is None:
+        if turn is None:
             return False
-        turn.task.cancel()
+        turn.stop_requested = True
+        if turn.task is None:  # still being admitted: the turn stops as soon as it starts
+            return True
+        if turn.started:
+            # Not before: a task cancelled before its first step never runs its cleanup.
+            turn.task.cancel()
         await asyncio.gather(turn.task, return_exceptions=True)
         return True
 
@@ -142,6 +154,22 @@ class ChatRunner:
             datasets = [dataset_json(d) for d in datasets_of(s, conversation_id)]
         return history, datasets
 
+    async def _turn(self, conversation_id: str, turn: RunningTurn, text: str) -> Turn:
+        history, datasets = await asyncio.to_thread(self._context, conversation_id)
+        return Turn(
+            settings=self.settings,
+            llm=self.llm(),
+            conversation_id=conversation_id,
+            message_id=turn.message_id,
+            history=history[:-1],  # the last one is the message this turn answers
+            datasets=datasets,
+            user_content=text,
+            emit=self.publish,
+            run_sql=lambda sql: self.query(conversation_id, sql),
+            load_dataset=lambda url: self.datasets.add_and_wait(conversation_id, url),
+            record_usage=lambda i, o: self._record_usage(conversation_id, i, o),
+        )
+
     def llm(self) -> Any:
         if self._llm is None:
             from actors.llm import GeminiClient
@@ -150,35 +178,24 @@ class ChatRunner:
         return self._llm
 
     async def _run(self, conversation_id: str, turn: RunningTurn, text: str) -> None:
-        from actors.turn import Turn
-
-        history, datasets = await asyncio.to_thread(self._context, conversation_id)
-        runner = Turn(
-            settings=self.settings,
-            llm=self.llm(),
-            conversation_id=conversation_id,
-            message_id=turn.message_id,
-            history=history[:-1],
-            datasets=datasets,
-            user_content=text,
-            emit=self.publish,
-            run_sql=lambda sql: self.query(conversation_id, sql),
-            load_dataset=lambda url: self.datasets.add_and_wait(conversation_id, url),
-            record_usage=lambda i, o: self._record_usage(conversation_id, i, o),
-        )
+        turn.started = True
+        runner: Turn | None = None
         error: ChatdfError | None = None
-        try:
+        try:  # everything inside: however the turn ends, it is saved and reported once
+            if turn.stop_requested:  # stopped before it began
+                raise asyncio.CancelledError
+            runner = await self._turn(conversation_id, turn, text)
             result = await runner.run()
             saved = await self._save_answer(conversation_id, turn.message_id, result)
         except asyncio.CancelledError:
-            saved = await self._save_answer(conversation_id, turn.message_id, runner.partial())
+            saved = await self._save_answer(conversation_id, turn.message_id, _partial(runner))
         except ChatdfError as exc:
             error = exc
-            saved = await self._save_answer(conversation_id, turn.message_id, runner.partial())
+            saved = await self._save_answer(conversation_id, turn.message_id, _partial(runner))
         except Exception as exc:
             log.exception("turn failed in conversation %s", conversation_id)
             error = ChatdfError(UNEXPECTED, f"{type(exc).__name__}: {exc}")
-            saved = await self._save_answer(conversation_id, turn.message_id, runner.partial())
+            saved = await self._save_answer(conversation_id, turn.message_id, _partial(runner))
         finally:
             self._turns.pop(conversation_id, None)
         await self._report(conversation_id, turn.message_id, saved, error)
