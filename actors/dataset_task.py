@@ -10,7 +10,6 @@ import time
 import uuid
 import zlib
 from collections.abc import Iterator
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from actors.formats import (
     sniff_format,
 )
 from chatdf.errors import DatasetError
-from chatdf.settings import Settings
+from chatdf.settings import Settings, sample_file
 
 FORMAT_LABELS = {
     "parquet": "Parquet",
@@ -271,4 +270,4 @@ def _cache_lock(dest: Path, client: GuardedClient) -> Iterator[None]:
 
 def sample_path() -> Path:
     """The bundled sample dataset (sales by region/product/month), shipped in the package."""
-    return Path(str(resources.files("chatdf") / "sample" / "sample.parquet"))
+    return sample_file()

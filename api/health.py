@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from importlib import resources
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -11,7 +10,7 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from api.deps import DbDep, SettingsDep
 from chatdf.errors import NotFound
-from chatdf.settings import SAMPLE_PATH
+from chatdf.settings import SAMPLE_PATH, sample_file
 
 router = APIRouter(tags=["health"])
 
@@ -48,7 +47,7 @@ async def health(db: DbDep, settings: SettingsDep) -> JSONResponse:
 @router.get(SAMPLE_PATH, include_in_schema=True)
 def sample_dataset(request: Request) -> FileResponse:
     """The bundled sample dataset (Parquet), so a new user can try chatdf with no data."""
-    path = resources.files("chatdf") / "sample" / "sample.parquet"
+    path = sample_file()
     if not path.is_file():
         raise NotFound("Sample dataset not found")
     return FileResponse(str(path), media_type="application/vnd.apache.parquet")

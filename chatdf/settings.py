@@ -8,7 +8,12 @@ from pathlib import Path
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DAY_S = 24 * 3600
-SAMPLE_PATH = "/samples/sales.parquet"
+SAMPLE_PATH = "/samples/sales.parquet"  # where the app serves the bundled sample
+
+
+def sample_file() -> Path:
+    """The bundled sample dataset (sales by region/product/month), shipped in the package."""
+    return Path(__file__).resolve().parent / "sample" / "sample.parquet"
 
 
 class Settings(BaseSettings):
