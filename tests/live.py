@@ -7,7 +7,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import httpx
@@ -18,6 +18,16 @@ from websockets.sync.client import ClientConnection, connect
 from api.app import create_app
 from chatdf.events import parse_event
 from chatdf.settings import Settings
+
+
+def wait_until(condition: Callable[[], bool], limit_s: float = 60.0) -> bool:
+    """Polls a condition that must become true; the limit only bounds a failing test."""
+    end = time.monotonic() + limit_s
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ import ray
 
 from actors.session import actor_name
 from chatdf.settings import Settings
-from tests.live import LiveServer
+from tests.live import LiveServer, wait_until
 
 
 def actor_alive(user_id: str, settings: Settings) -> bool:
@@ -18,15 +18,6 @@ def actor_alive(user_id: str, settings: Settings) -> bool:
         return True
     except ValueError:
         return False
-
-
-def wait_for(predicate: object, timeout_s: float = 15) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_actor_is_reaped_when_idle_and_recreated_on_use(
@@ -41,7 +32,7 @@ def test_actor_is_reaped_when_idle_and_recreated_on_use(
             assert actor_alive(user_id, quick)  # the socket created it
             time.sleep(1.0)  # longer than the idle timeout: an open socket keeps it
             assert actor_alive(user_id, quick)
-        assert wait_for(lambda: not actor_alive(user_id, quick))  # idle: it exits by itself
+        assert wait_until(lambda: not actor_alive(user_id, quick))  # idle: it exits by itself
         assert client.get("/usage").status_code == 200  # next use makes a new one
         assert actor_alive(user_id, quick)
         client.close()

@@ -7,7 +7,6 @@ import datetime as dt
 import decimal
 import json
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from actors.tasks import run_sql
 from chatdf.errors import DatasetError, SqlFailed, SqlRefused
 from chatdf.settings import Settings
 from tests.fakes.fake_data_server import FakeDataServer
+from tests.live import wait_until
 
 SALES = pl.DataFrame(
     {
@@ -302,16 +302,6 @@ def sql_workers_running() -> int:
     return sum(
         1 for pid, title in titles.items() if title.startswith(b"ray::sql_task") and ours(pid)
     )
-
-
-def wait_until(condition: Callable[[], bool], limit_s: float = 60.0) -> bool:
-    """Poll a condition that must become true; the limit only bounds a failing test."""
-    end = time.monotonic() + limit_s
-    while not condition():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 @pytest.mark.usefixtures("ray_session")

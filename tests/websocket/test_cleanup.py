@@ -2,19 +2,8 @@
 
 from __future__ import annotations
 
-import time
-
-from tests.live import LiveServer
+from tests.live import LiveServer, wait_until
 from tests.websocket.conftest import SignedIn
-
-
-def wait_until(predicate: object, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_ws_clean_1_disconnect_cleans_registry(live: LiveServer, user: SignedIn) -> None:
