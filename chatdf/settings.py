@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     dataset_max_bytes: int = 2 * 1024**3
     dataset_cache_dir: str = ""  # empty: <data_dir>/cache
     dataset_max_redirects: int = 5
+    dataset_ca_bundle: str = ""  # empty: the default trust store; a PEM path: only these CAs
 
     # SQL
     query_timeout_s: float = 60.0
