@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     dataset_total_timeout_s: float = 300.0
     dataset_max_bytes: int = 2 * 1024**3
     dataset_cache_dir: str = ""  # empty: <data_dir>/cache
+    dataset_cache_max_bytes: int = 10 * 1024**3  # least recently used files evicted past this
     dataset_max_redirects: int = 5
     dataset_ca_bundle: str = ""  # empty: the default trust store; a PEM path: only these CAs
 
