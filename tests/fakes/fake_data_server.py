@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import socket
+import ssl
 import sys
 import threading
 from collections import Counter
@@ -24,6 +26,31 @@ class _QuietServer(ThreadingHTTPServer):
         # Clients hang up mid-body on purpose (a prefix read, a timeout); that is not a failure.
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
+class _QuietTlsServer(_QuietServer):
+    """The same server over TLS; handshakes run in the handler threads, not the accept loop."""
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext
+    ) -> None:
+        self.tls = tls
+        super().__init__(address, handler)
+
+    def get_request(self) -> tuple[socket.socket, object]:
+        sock, address = self.socket.accept()
+        return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
+
+    def finish_request(self, request: object, client_address: object) -> None:
+        try:
+            request.do_handshake()  # type: ignore[attr-defined]
+        except OSError:
+            return  # the client refused our certificate (or hung up): that is its call to make
+        super().finish_request(request, client_address)  # type: ignore[arg-type]
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if not isinstance(sys.exc_info()[1], ssl.SSLError):  # a client hanging up mid-record
+            super().handle_error(request, client_address)
 
 
 @dataclass
@@ -60,7 +87,8 @@ class FakeDataServer:
     """ThreadingHTTPServer on 127.0.0.1 (random port) in a background thread.
 
     Register files with `add(path, ...)`; read `bytes_served[path]`, `requests[path]` and
-    `headers_seen[path]` afterwards. Stalled handlers are released by `stop()`.
+    `headers_seen[path]` afterwards. Stalled handlers are released by `stop()`. With `tls` (a
+    server-side SSLContext holding a certificate) it serves HTTPS and its URLs say https://.
     """
 
     host: str = "127.0.0.1"
@@ -69,10 +97,16 @@ class FakeDataServer:
     requests: Counter[str] = field(default_factory=Counter)
     headers_seen: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     release: threading.Event = field(default_factory=threading.Event)
+    tls: ssl.SSLContext | None = None
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._httpd = _QuietServer((self.host, 0), _handler_for(self))
+        handler = _handler_for(self)
+        self._httpd: _QuietServer = (
+            _QuietServer((self.host, 0), handler)
+            if self.tls is None
+            else _QuietTlsServer((self.host, 0), handler, self.tls)
+        )
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         )
@@ -92,7 +126,8 @@ class FakeDataServer:
 
     def url(self, path: str, host: str | None = None) -> str:
         """The URL of a registered path, optionally under another host name for this port."""
-        return f"http://{host or self.host}:{self.port}{path}"
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://{host or self.host}:{self.port}{path}"
 
     def add(self, path: str, body: bytes | Path = b"", **options: object) -> str:
         """Register a file (bytes or a file on disk) and return its URL."""
