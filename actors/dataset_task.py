@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import time
 import uuid
 import zlib
@@ -41,6 +42,10 @@ FORMAT_LABELS = {
 PARQUET_TAIL_BYTES = 64 * 1024  # one read usually holds the whole footer
 INFER_SCHEMA_ROWS = 10_000
 LOCK_POLL_S = 0.05
+# Complete cache files only: `.part`/`.ready` (being written) and `.lock` never match.
+_CACHE_FILE = re.compile(
+    "^[0-9a-f]{64}(?:" + "|".join(re.escape(s) for s in SUFFIXES.values()) + ")$"
+)
 
 
 def inspect_dataset(
@@ -75,15 +80,18 @@ def inspect_dataset(
 def ensure_local(
     url: str, fmt: str, settings: Settings, *, client: GuardedClient | None = None
 ) -> Path:
-    """A node-local copy of the dataset (downloaded through the guard once, then reused)."""
+    """A node-local copy of the dataset (downloaded through the guard once, then reused).
+
+    Each call marks the copy as just used, so the cache evicts least recently used files.
+    """
     validate_url(url)
     if url in settings.sample_urls:
         return sample_path()
     dest = cache_path(url, fmt, settings)
-    if dest.exists():
+    if _claim(dest):
         return dest
     with _client(settings, client) as guarded, _cache_lock(dest, guarded):
-        if dest.exists():  # another caller filled it while we waited
+        if _touch(dest):  # another caller filled it while we waited
             return dest
         return _fill_cache(guarded, url, fmt, settings, locked=True)
 
@@ -184,6 +192,7 @@ def _fill_cache(
         finally:
             raw.unlink(missing_ok=True)
             ready.unlink(missing_ok=True)
+        _evict_lru(dest, settings)
     return dest
 
 
@@ -266,6 +275,104 @@ def _cache_lock(dest: Path, client: GuardedClient) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _claim(dest: Path) -> bool:
+    """Touch a cached copy under its lock, shared; False if absent or its lock is busy."""
+    try:
+        handle = dest.with_suffix(".lock").open("a")
+    except FileNotFoundError:  # no cache directory yet
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # being downloaded or evicted: the caller waits its turn
+            return False
+        try:
+            return _touch(dest)
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _touch(path: Path) -> bool:
+    """Mark a cached file as used now (eviction goes by mtime); False if it is not there."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _in_use_s(settings: Settings) -> float:
+    """How long after its last use a file may still be read: until its query or load ends."""
+    return max(settings.query_timeout_s, settings.dataset_total_timeout_s)
+
+
+def _evict_lru(keep: Path, settings: Settings) -> None:
+    """Delete least recently used cache files until they total at most the bound.
+
+    Never `keep` (the file just downloaded, even when it alone is over the bound), a file whose
+    lock another process holds, or a file used within `_in_use_s`: `scan_local` is lazy, so a
+    query opens its file only when it runs, and again for the count; a file deleted before that
+    would fail the query. Deleting a file a reader already has open is safe: POSIX keeps an
+    unlinked file readable through open descriptors until they close.
+    """
+    cache_dir = keep.parent
+    used_before = time.time() - _in_use_s(settings)
+    with _sweep_lock(cache_dir):
+        entries = []
+        for path in cache_dir.iterdir():
+            if not _CACHE_FILE.match(path.name):
+                continue
+            try:
+                info = path.stat()
+            except FileNotFoundError:  # refreshed or deleted since the listing
+                continue
+            entries.append((info.st_mtime, info.st_size, path))
+        total = sum(size for _, size, _ in entries)
+        for _, _, path in sorted(entries):
+            if total <= settings.dataset_cache_max_bytes:
+                break
+            if path != keep:
+                total -= _evict_one(path, used_before)
+
+
+def _evict_one(path: Path, used_before: float) -> int:
+    """Delete a cache file if nobody holds its lock and it was last used before `used_before`.
+
+    Returns the bytes freed (0 when the file was kept or already gone).
+    """
+    with path.with_suffix(".lock").open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # being downloaded, or being handed to a query right now
+            return 0
+        try:
+            # Every touch holds this lock (shared in `_claim`, exclusive after a wait), so the
+            # mtime read here cannot go stale before the unlink.
+            info = path.stat()
+            if info.st_mtime > used_before:
+                return 0
+            path.unlink()
+            return info.st_size
+        except FileNotFoundError:  # another process deleted it first
+            return 0
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _sweep_lock(cache_dir: Path) -> Iterator[None]:
+    """One eviction sweep per node at a time, so two sweepers never evict for the same excess.
+
+    The lock is on the directory itself (no extra file); a sweep only stats and unlinks.
+    """
+    descriptor = os.open(cache_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
 
 
 def sample_path() -> Path:
