@@ -65,17 +65,20 @@ class FakeCA:
         self.bundle = self.directory / "ca.pem"
         self.bundle.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def server_context(self, dns_name: str) -> ssl.SSLContext:
-        """A server-side TLS context holding a certificate for `dns_name` only (no IP SAN)."""
+    def server_context(self, dns_name: str, valid_from_h: int = -1) -> ssl.SSLContext:
+        """A server-side TLS context holding a certificate for `dns_name` only (no IP SAN).
+
+        The certificate is valid for a day starting `valid_from_h` hours from now.
+        """
         key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
+        now = dt.datetime.now(dt.UTC) + valid_from_h * HOUR
         cert = (
             x509.CertificateBuilder()
             .subject_name(_name(dns_name))
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - HOUR)
+            .not_valid_before(now)
             .not_valid_after(now + 24 * HOUR)
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns_name)]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -147,12 +150,12 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> FakeCA:
 
 
 @pytest.fixture
-def https_server(ca: FakeCA) -> Iterator[Callable[[str], FakeHttpsServer]]:
+def https_server(ca: FakeCA) -> Iterator[Callable[..., FakeHttpsServer]]:
     """Starts HTTPS fakes on 127.0.0.1 with a certificate for the given name; stops them after."""
     started: list[FakeDataServer] = []
 
-    def start(dns_name: str) -> FakeHttpsServer:
-        context = ca.server_context(dns_name)
+    def start(dns_name: str, valid_from_h: int = -1) -> FakeHttpsServer:
+        context = ca.server_context(dns_name, valid_from_h)
         sni: list[str | None] = []
 
         def record(_sock: ssl.SSLObject, name: str | None, _context: ssl.SSLContext) -> None:
@@ -185,7 +188,7 @@ def parquet_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_parquet_over_https_reads_only_its_ends(
-    https_server: Callable[[str], FakeHttpsServer], trusting: Settings, parquet_file: Path
+    https_server: Callable[..., FakeHttpsServer], trusting: Settings, parquet_file: Path
 ) -> None:
     """The certificate names only `localhost`: success means TLS checked the name, not the IP."""
     https = https_server("localhost")
@@ -199,7 +202,7 @@ def test_parquet_over_https_reads_only_its_ends(
 
 
 def test_pinned_name_keeps_sni_host_and_certificate_check(
-    https_server: Callable[[str], FakeHttpsServer], trusting: Settings
+    https_server: Callable[..., FakeHttpsServer], trusting: Settings
 ) -> None:
     """Production shape: private hosts off, the name resolved once, the socket pinned to it."""
     https = https_server("data.example")
@@ -218,7 +221,7 @@ def test_pinned_name_keeps_sni_host_and_certificate_check(
 
 
 def test_a_certificate_for_another_name_is_refused(
-    https_server: Callable[[str], FakeHttpsServer], trusting: Settings
+    https_server: Callable[..., FakeHttpsServer], trusting: Settings
 ) -> None:
     https = https_server("other.example")
     https.server.add("/x.csv", CSV)
@@ -229,8 +232,28 @@ def test_a_certificate_for_another_name_is_refused(
     assert https.server.requests["/x.csv"] == 0  # refused in the handshake, before any request
 
 
+@pytest.mark.parametrize(
+    ("valid_from_h", "sentence"),
+    [
+        (-48, "The dataset server's certificate has expired"),
+        (48, "The dataset server's certificate is not valid yet"),
+    ],
+)
+def test_a_certificate_out_of_its_dates_is_refused(
+    https_server: Callable[..., FakeHttpsServer],
+    trusting: Settings,
+    valid_from_h: int,
+    sentence: str,
+) -> None:
+    https = https_server("localhost", valid_from_h)
+    https.server.add("/x.csv", CSV)
+    with pytest.raises(DatasetUnreachable) as refused:
+        inspect_dataset(https.url("/x.csv"), trusting)
+    assert refused.value.error == sentence
+
+
 def test_the_default_trust_store_refuses_a_private_ca(
-    https_server: Callable[[str], FakeHttpsServer], settings: Settings
+    https_server: Callable[..., FakeHttpsServer], settings: Settings
 ) -> None:
     assert settings.dataset_ca_bundle == ""
     https = https_server("localhost")
@@ -286,9 +309,7 @@ def inside() -> Iterator[FakeDataServer]:
 
 
 @pytest.fixture
-def moved(
-    https_server: Callable[[str], FakeHttpsServer], inside: FakeDataServer
-) -> FakeHttpsServer:
+def moved(https_server: Callable[..., FakeHttpsServer], inside: FakeDataServer) -> FakeHttpsServer:
     """An HTTPS fake whose /moved redirects to plain HTTP on the internal host."""
     https = https_server("localhost")
     https.server.add("/moved", redirect_to=inside.url("/data.csv"))
@@ -322,7 +343,7 @@ def test_the_same_redirect_is_followed_when_its_target_is_allowed(
 
 
 def test_download_over_https(
-    https_server: Callable[[str], FakeHttpsServer], trusting: Settings
+    https_server: Callable[..., FakeHttpsServer], trusting: Settings
 ) -> None:
     https = https_server("localhost")
     https.server.add("/x.csv", CSV)
