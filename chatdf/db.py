@@ -22,7 +22,8 @@ from sqlalchemy import (
     inspect,
     text,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -59,6 +60,10 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         return value
+
+
+SCHEMA_LOCK = 0x63686174646601  # the advisory lock id for schema changes ("chatdf")
+SCHEMA_ATTEMPTS = 3
 
 
 class Base(DeclarativeBase):
@@ -172,25 +177,37 @@ class Database:
     def create_schema(self) -> None:
         """Creates missing tables and indexes, then adds columns newer code expects.
 
-        Idempotent, so several edges may start at once. Migrations are additive only: a column
-        added to a model appears in an existing database as a nullable column.
+        Idempotent and safe with several edges starting at once. Migrations are additive only:
+        a column added to a model appears in an existing database as a nullable column.
         """
-        Base.metadata.create_all(self.engine)
+        for attempt in range(SCHEMA_ATTEMPTS):
+            try:
+                with self.engine.begin() as conn:
+                    if conn.dialect.name == "postgresql":
+                        # Edges starting together take turns; the lock ends with the transaction.
+                        conn.execute(
+                            text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK}
+                        )
+                    Base.metadata.create_all(conn)
+                    self._add_missing_columns(conn)
+                return
+            except DBAPIError:
+                # SQLite has no advisory lock: another process may have created a table between
+                # our check and our CREATE. The next attempt sees it and moves on.
+                if attempt == SCHEMA_ATTEMPTS - 1:
+                    raise
+
+    @staticmethod
+    def _add_missing_columns(conn: Connection) -> None:
+        schema = inspect(conn)
         for table in Base.metadata.sorted_tables:
-            have = {c["name"] for c in inspect(self.engine).get_columns(table.name)}
+            have = {c["name"] for c in schema.get_columns(table.name)}
             for column in table.columns:
                 if column.name not in have:
-                    self._add_column(table.name, column.name, column.type)
-
-    def _add_column(self, table: str, column: str, kind: Any) -> None:
-        sql_type = kind.compile(dialect=self.engine.dialect)
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(text(f'ALTER TABLE {table} ADD COLUMN "{column}" {sql_type}'))
-        except Exception:
-            # Another edge starting at the same moment may have added it first.
-            if column not in {c["name"] for c in inspect(self.engine).get_columns(table)}:
-                raise
+                    sql_type = column.type.compile(dialect=conn.dialect)
+                    conn.execute(
+                        text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {sql_type}')
+                    )
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -51,3 +51,19 @@ def test_older_database_gains_missing_columns(tmp_path: Path) -> None:
     assert "tool_rounds" in columns
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT content FROM messages")).scalar() == "hi"
+
+
+def _create(url: str) -> bool:
+    db = Database(url)
+    db.create_schema()
+    db.dispose()
+    return True
+
+
+def test_edges_starting_together_all_create_the_schema(tmp_path: Path) -> None:
+    """Several processes creating the schema of one fresh SQLite file at once all succeed."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    with ProcessPoolExecutor(4) as pool:
+        assert all(pool.map(_create, [url] * 4))

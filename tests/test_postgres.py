@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from chatdf.db import Database
 from chatdf.settings import Settings
 from tests.live import LiveServer
 from tests.pg import SERVER_URL, fresh_database
@@ -44,3 +45,18 @@ def test_postgres_auth_conversations_and_events(pg_live: LiveServer) -> None:
     assert client.delete("/conversations").json() == {"success": True, "deleted_count": 1}
     client.close()
     other.close()
+
+
+def _create(url: str) -> bool:
+    db = Database(url)
+    db.create_schema()
+    db.dispose()
+    return True
+
+
+def test_edges_starting_together_all_create_the_schema(pg_url: str) -> None:
+    """Several edges starting at once on an empty PostgreSQL database all come up."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(4) as pool:
+        assert all(pool.map(_create, [pg_url] * 4))
