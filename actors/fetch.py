@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import os
 import socket
-import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +25,7 @@ from ssrfguard import (
 )
 from ssrfguard.httpx import Client
 
+from actors.tls import certificate_failure, tls_context
 from chatdf.errors import DatasetError
 from chatdf.settings import Settings
 
@@ -94,46 +93,6 @@ def _policy(allow_private: bool, allowed_networks: tuple[str, ...], max_redirect
         allowed_networks=allowed_networks,  # type: ignore[arg-type]
         max_redirects=max_redirects,
     )
-
-
-CA_BUNDLE_UNREADABLE = "Dataset URLs cannot be loaded: the server's CA bundle could not be read"
-# OpenSSL verify codes (X509_V_ERR_*) that get their own sentence; every other one is "not trusted".
-_CERT_SENTENCES = {
-    62: "The dataset server's certificate is not valid for its host name",  # HOSTNAME_MISMATCH
-    64: "The dataset server's certificate is not valid for its address",  # IP_ADDRESS_MISMATCH
-    10: "The dataset server's certificate has expired",  # CERT_HAS_EXPIRED
-    9: "The dataset server's certificate is not valid yet",  # CERT_NOT_YET_VALID
-}
-CERT_NOT_TRUSTED = "The dataset server's certificate is not trusted"
-
-
-def tls_context(ca_bundle: str = "") -> ssl.SSLContext:
-    """The verifying TLS context: the default trust store, or only the CAs in `ca_bundle` (PEM).
-
-    Host names are checked by the context (`check_hostname`); which name is checked is httpcore's
-    business: it passes the URL's host to `start_tls`, never the pinned address.
-    """
-    if not ca_bundle:
-        return _cached_tls_context("", None)
-    try:
-        found = os.stat(ca_bundle)
-    except OSError as missing:
-        # The path stays out of `details`: they reach the user, the server's layout should not.
-        raise DatasetError(CA_BUNDLE_UNREADABLE, missing.strerror) from None
-    # Keyed by mtime and size so a rotated bundle is picked up without restarting the workers.
-    return _cached_tls_context(ca_bundle, (found.st_mtime_ns, found.st_size))
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_tls_context(ca_bundle: str, version: tuple[int, int] | None) -> ssl.SSLContext:
-    # Loading a CA bundle costs ~70 ms; one verifying context per process serves every client.
-    if not ca_bundle:
-        return httpx.create_ssl_context()
-    try:
-        return ssl.create_default_context(cafile=ca_bundle)  # cafile given: no default CAs
-    except (OSError, ValueError) as unreadable:  # ssl.SSLError is an OSError: not PEM, no CA
-        reason = getattr(unreadable, "strerror", None) or str(unreadable)
-        raise DatasetError(CA_BUNDLE_UNREADABLE, reason) from None
 
 
 _dns_pool: ThreadPoolExecutor | None = None
@@ -368,12 +327,9 @@ def translated_errors(settings: Settings) -> Iterator[None]:
             str(slow) or "read timeout",
         ) from None
     except httpx.ConnectError as failed:
-        certificate = _certificate_error(failed)
+        certificate = certificate_failure(failed)
         if certificate is not None:
-            raise DatasetUnreachable(
-                _CERT_SENTENCES.get(certificate.verify_code, CERT_NOT_TRUSTED),
-                certificate.verify_message,
-            ) from None
+            raise DatasetUnreachable(*certificate) from None
         raise DatasetUnreachable(
             f"Could not reach the dataset URL: {_connect_reason(failed)}", str(failed)
         ) from None
@@ -383,16 +339,6 @@ def translated_errors(settings: Settings) -> Iterator[None]:
         ) from None
     except httpx.HTTPError as other:
         raise DatasetUnreachable("Could not download the dataset", repr(other)) from None
-
-
-def _certificate_error(failed: BaseException) -> ssl.SSLCertVerificationError | None:
-    """The certificate verification failure under httpx's and httpcore's wrappers, if any."""
-    seen: BaseException | None = failed
-    for _ in range(8):  # a chain of causes is short; a cycle must not hang us
-        if seen is None or isinstance(seen, ssl.SSLCertVerificationError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 def _connect_reason(failed: Exception) -> str:

@@ -20,15 +20,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from actors.dataset_task import PARQUET_TAIL_BYTES, inspect_dataset
-from actors.fetch import (
-    CA_BUNDLE_UNREADABLE,
-    CERT_NOT_TRUSTED,
-    PRIVATE_ADDRESS,
-    DatasetUnreachable,
-    GuardedClient,
-    tls_context,
-)
+from actors.fetch import PRIVATE_ADDRESS, DatasetUnreachable, GuardedClient
 from actors.formats import SNIFF_BYTES
+from actors.tls import CA_BUNDLE_UNREADABLE, CERT_NOT_TRUSTED, tls_context
 from chatdf.errors import DatasetError
 from chatdf.settings import Settings
 from tests.fakes.fake_data_server import FakeDataServer
