@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,13 +20,6 @@ from tests.pg import SERVER_URL, fresh_database
 WEEK_S = 7 * 24 * 3600
 MESSAGE_KEYS = {"id", "role", "content", "sql_query", "token_count", "created_at"}
 DATASET_KEYS = {"id", "name", "url", "status", "row_count", "column_count", "schema"}
-
-
-@pytest.fixture
-def client(live: LiveServer) -> Iterator[httpx.Client]:
-    _token, _uid, authed = live.login(f"contract-{uuid.uuid4().hex[:8]}@example.com")
-    with authed:
-        yield authed
 
 
 def csv_bytes() -> bytes:

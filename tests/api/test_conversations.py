@@ -19,13 +19,6 @@ SCHEMA = [{"name": "a", "type": "Int64"}, {"name": "b", "type": "String"}]
 
 
 @pytest.fixture
-def client(live: LiveServer) -> Iterator[httpx.Client]:
-    _token, _user_id, authed = live.login("conv@example.com")
-    with authed:
-        yield authed
-
-
-@pytest.fixture
 def db(live: LiveServer) -> Iterator[Database]:
     database = Database(live.settings.resolved_database_url)
     yield database

@@ -27,13 +27,6 @@ MIB = 1024 * 1024
 
 
 @pytest.fixture
-def client(live: LiveServer) -> Iterator[httpx.Client]:
-    _, _, authed = live.login("err@example.com")
-    with authed:
-        yield authed
-
-
-@pytest.fixture
 def conv(client: httpx.Client) -> str:
     conversation_id: str = client.post("/conversations").json()["id"]
     return conversation_id
