@@ -91,15 +91,23 @@ async def call_actor(settings: Settings, user_id: str, method: str, *args: Any) 
     for attempt in range(2):
         handle = await asyncio.to_thread(get_session_actor, user_id, settings)
         try:
-            return await getattr(handle, method).remote(*args)
+            return await _remote_call(handle, method, args)
         except Exception as exc:
             if attempt == 0 and type(exc).__name__ in ("ActorDiedError", "RayActorError"):
                 continue
-            inner = unwrap(exc)
-            if inner is not exc and isinstance(inner, ChatdfError):
-                raise inner from None
             raise
     raise AssertionError("unreachable")
+
+
+async def _remote_call(handle: Any, method: str, args: tuple[Any, ...]) -> Any:
+    """Awaits an actor method, re-raising our own errors as themselves (Ray wraps them)."""
+    try:
+        return await getattr(handle, method).remote(*args)
+    except Exception as exc:
+        inner = unwrap(exc)
+        if inner is not exc and isinstance(inner, ChatdfError):
+            raise inner from None
+        raise
 
 
 async def call_actor_if_running(settings: Settings, user_id: str, method: str, *args: Any) -> Any:
@@ -112,4 +120,4 @@ async def call_actor_if_running(settings: Settings, user_id: str, method: str, *
         )
     except ValueError:
         return None
-    return await getattr(handle, method).remote(*args)
+    return await _remote_call(handle, method, args)
