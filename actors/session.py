@@ -42,19 +42,31 @@ class SessionActor:
         self.datasets = DatasetLoader(user_id, settings, self.db, self.publish)
         self.chat = ChatRunner(user_id, settings, self.db, self.publish, self.budget, self.datasets)
         self._last_active = time.monotonic()
-        self._started = False
+        self._startup: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
     # Lifecycle ---------------------------------------------------------------------------
 
     async def ready(self) -> bool:
-        """Finishes start-up once (budget from the database, orphaned loads closed)."""
-        if not self._started:
-            self._started = True
-            await asyncio.to_thread(self.budget.load)
-            await asyncio.to_thread(self.datasets.fail_orphaned_loads)
-            self._spawn(self._housekeeping())
+        """Finishes start-up once (budget from the database, orphaned loads closed).
+
+        Every caller waits for the same start-up, so no call runs on a half-loaded budget.
+        """
+        if self._startup is None:
+            self._startup = asyncio.get_running_loop().create_task(self._start())
+        try:
+            await asyncio.shield(self._startup)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._startup = None  # a failed start (database down) is tried again next call
+            raise
         return True
+
+    async def _start(self) -> None:
+        await asyncio.to_thread(self.budget.load)
+        await asyncio.to_thread(self.datasets.fail_orphaned_loads)
+        self._spawn(self._housekeeping())
 
     async def check_health(self) -> dict[str, Any]:
         return {

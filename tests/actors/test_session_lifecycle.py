@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -38,3 +39,23 @@ def test_actor_is_reaped_when_idle_and_recreated_on_use(
         client.close()
     finally:
         server.stop()
+
+
+async def test_concurrent_first_calls_all_wait_for_the_budget_to_load(settings: Settings) -> None:
+    """The plain actor class: a call racing the first one never sees a half-loaded budget."""
+    from actors.session import SessionActor
+    from chatdf.db import Database, TokenUsage
+
+    user_id = str(uuid.uuid4())
+    db = Database(settings.resolved_database_url)
+    db.create_schema()
+    with db.session() as s:
+        s.add(TokenUsage(user_id=user_id, input_tokens=300, output_tokens=45))
+    actor = SessionActor(user_id, settings)
+    try:
+        _ready, usage = await asyncio.gather(actor.ready(), actor.usage())
+        assert usage["tokens_used"] == 345
+    finally:
+        for task in list(actor._background):
+            task.cancel()
+        db.dispose()
