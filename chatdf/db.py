@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +24,6 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -63,7 +63,6 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 SCHEMA_LOCK = 0x63686174646601  # the advisory lock id for schema changes ("chatdf")
-SCHEMA_ATTEMPTS = 3
 
 
 class Base(DeclarativeBase):
@@ -165,8 +164,8 @@ class Database:
         self.url = url
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
         if url.startswith("sqlite"):
-            path = url.split("///", 1)[-1]
-            if path and path != ":memory:":
+            path = self._sqlite_path()
+            if path is not None:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
         self.engine: Engine = create_engine(url, **kwargs)
@@ -180,22 +179,35 @@ class Database:
         Idempotent and safe with several edges starting at once. Migrations are additive only:
         a column added to a model appears in an existing database as a nullable column.
         """
-        for attempt in range(SCHEMA_ATTEMPTS):
+        with self._schema_file_lock(), self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Edges starting together take turns; the lock ends with the transaction.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+            Base.metadata.create_all(conn)
+            self._add_missing_columns(conn)
+
+    @contextmanager
+    def _schema_file_lock(self) -> Iterator[None]:
+        """SQLite has no advisory lock and runs DDL outside a transaction, so processes starting
+        together on one file take turns through an exclusive flock on a file beside it (a
+        separate file: closing any descriptor of the database itself would drop SQLite's own
+        POSIX locks)."""
+        path = self._sqlite_path()
+        if path is None:
+            yield
+            return
+        with open(f"{path}.schema-lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                with self.engine.begin() as conn:
-                    if conn.dialect.name == "postgresql":
-                        # Edges starting together take turns; the lock ends with the transaction.
-                        conn.execute(
-                            text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK}
-                        )
-                    Base.metadata.create_all(conn)
-                    self._add_missing_columns(conn)
-                return
-            except DBAPIError:
-                # SQLite has no advisory lock: another process may have created a table between
-                # our check and our CREATE. The next attempt sees it and moves on.
-                if attempt == SCHEMA_ATTEMPTS - 1:
-                    raise
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _sqlite_path(self) -> str | None:
+        if not self.url.startswith("sqlite"):
+            return None
+        path = self.url.split("///", 1)[-1]
+        return path if path and path != ":memory:" else None
 
     @staticmethod
     def _add_missing_columns(conn: Connection) -> None:

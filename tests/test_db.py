@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, inspect, text
 
@@ -53,17 +54,27 @@ def test_older_database_gains_missing_columns(tmp_path: Path) -> None:
         assert conn.execute(text("SELECT content FROM messages")).scalar() == "hi"
 
 
-def _create(url: str) -> bool:
+def _create(url: str, barrier: Any) -> None:
     db = Database(url)
+    barrier.wait(timeout=60)  # every process reaches create_schema at the same moment
     db.create_schema()
     db.dispose()
-    return True
 
 
 def test_edges_starting_together_all_create_the_schema(tmp_path: Path) -> None:
     """Several processes creating the schema of one fresh SQLite file at once all succeed."""
-    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
 
+    ctx = multiprocessing.get_context("spawn")
     url = f"sqlite:///{tmp_path / 'race.db'}"
-    with ProcessPoolExecutor(4) as pool:
-        assert all(pool.map(_create, [url] * 4))
+    for _round in range(3):
+        (tmp_path / "race.db").unlink(missing_ok=True)
+        barrier = ctx.Barrier(6)
+        procs = [ctx.Process(target=_create, args=(url, barrier)) for _ in range(6)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(120)
+        assert [proc.exitcode for proc in procs] == [0] * 6
+    tables = set(inspect(Database(url).engine).get_table_names())
+    assert {"users", "conversations", "messages", "token_usage"} <= tables

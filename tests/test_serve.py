@@ -24,9 +24,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """`chatdf serve` in a subprocess with a fresh data dir; yields its URL and log file."""
     port = free_port()
     log = tmp_path / "serve.log"
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "DATABASE_URL"))
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "DATABASE_URL"))}
     env.update(
         DATA_DIR=str(tmp_path / "data"),
         HEARTBEAT_INTERVAL="0.5",
