@@ -172,16 +172,26 @@ def stream_sql(
     time. Failures are yielded as {"kind": "error", "exception": ChatdfError}.
     """
     try:
-        query, frames = _prepare(sql, tables, settings)
-        result = collect_head(query, frames, settings.query_max_rows)
+        try:
+            query, frames = _prepare(sql, tables, settings)
+            result = collect_head(query, frames, settings.query_max_rows)
+        except FileNotFoundError:
+            # A node-local copy went between being handed out and being opened (a refresh of
+            # the dataset replaced it): fetch again, once.
+            query, frames = _prepare(sql, tables, settings)
+            result = collect_head(query, frames, settings.query_max_rows)
     except ChatdfError as exc:
         yield {"kind": "error", "exception": exc}
+        return
+    except FileNotFoundError as exc:
+        failed = SqlFailed("A dataset file disappeared while the query ran; try again", str(exc))
+        yield {"kind": "error", "exception": failed}
         return
     yield {"kind": "rows", **result}
     if result["truncated"]:
         try:
             total: int | None = count_rows(query, frames)
-        except ChatdfError:
+        except (ChatdfError, FileNotFoundError):
             total = None
         yield {"kind": "count", "total_rows": total}
 
@@ -202,4 +212,3 @@ def _prepare(
             ensure_local(table["url"], table["format"], settings), table["format"]
         )
     return plan_sql(sql, frames), frames
-

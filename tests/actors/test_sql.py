@@ -197,6 +197,57 @@ def served(
     return serve
 
 
+def test_a_copy_removed_before_the_query_opens_it_is_fetched_again(
+    served: Callable[..., dict[str, Any]],
+    data_server: FakeDataServer,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refresh on the same node replaces the cached copy between hand-out and open: the query
+    fetches again once instead of failing (stream_sql runs in the task; here, in-process)."""
+    from actors import dataset_task
+    from actors.sql import stream_sql
+
+    tables = [served("table1", SALES)]
+    real = dataset_task.ensure_local
+    handed: list[Path] = []
+
+    def ensure_then_lose(url: str, fmt: str, given: Settings) -> Path:
+        path = real(url, fmt, given)
+        if not handed:
+            path.unlink()  # what inspect_dataset's refresh does to a stale Parquet copy
+        handed.append(path)
+        return path
+
+    monkeypatch.setattr(dataset_task, "ensure_local", ensure_then_lose)
+    items = list(stream_sql("SELECT sum(revenue) AS total FROM table1", tables, settings))
+    assert [item["kind"] for item in items] == ["rows"]
+    assert items[0]["rows"] == [[65.75]]
+    assert len(handed) == 2
+    assert data_server.requests["/table1.parquet"] == 2  # downloaded again, once
+
+
+def test_a_copy_that_keeps_disappearing_is_a_clear_error(
+    served: Callable[..., dict[str, Any]], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from actors import dataset_task
+    from actors.sql import stream_sql
+
+    tables = [served("table1", SALES)]
+    real = dataset_task.ensure_local
+
+    def always_lose(url: str, fmt: str, given: Settings) -> Path:
+        path = real(url, fmt, given)
+        path.unlink()
+        return path
+
+    monkeypatch.setattr(dataset_task, "ensure_local", always_lose)
+    items = list(stream_sql("SELECT * FROM table1", tables, settings))
+    assert [item["kind"] for item in items] == ["error"]
+    assert isinstance(items[0]["exception"], SqlFailed)
+    assert "disappeared" in items[0]["exception"].error
+
+
 @pytest.mark.usefixtures("ray_session")
 async def test_run_sql_end_to_end(
     served: Callable[..., dict[str, Any]], settings: Settings
