@@ -76,10 +76,14 @@ def _only_http_hint(reason: str) -> str:
 
 
 def build_policy(settings: Settings, allowed_networks: Iterable[str] = ()) -> Policy:
-    """The address policy for dataset URLs; `allowed_networks` are exact exceptions (tests, ops)."""
+    """The address policy for dataset URLs.
+
+    `DATASET_ALLOWED_NETWORKS` and `allowed_networks` (tests) are exceptions to the denied
+    ranges; the address still has to pass every other check.
+    """
     return _policy(
         settings.dataset_allow_private_hosts,
-        tuple(allowed_networks),
+        settings.allowed_dataset_networks + tuple(allowed_networks),
         settings.dataset_max_redirects,
     )
 

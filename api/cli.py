@@ -7,6 +7,8 @@ import logging
 import re
 import sys
 
+from pydantic import ValidationError
+
 from chatdf.settings import Settings, get_settings
 
 TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE)
@@ -76,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_invalid_settings(invalid: ValidationError) -> str:
+    """One line per bad environment variable, named as the operator typed it."""
+    lines = ["chatdf: invalid configuration"]
+    for error in invalid.errors():
+        name = ".".join(str(part) for part in error["loc"]).upper() or "settings"
+        lines.append(f"  {name}: {error['msg']}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {
@@ -83,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None)))
         if v is not None
     }
-    settings = get_settings(**overrides)
+    try:
+        settings = get_settings(**overrides)
+    except ValidationError as invalid:
+        print(describe_invalid_settings(invalid), file=sys.stderr)
+        return 2
     if args.command == "serve":
         serve(settings)
         return 0

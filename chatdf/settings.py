@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DAY_S = 24 * 3600
@@ -76,6 +77,9 @@ class Settings(BaseSettings):
     # Datasets
     max_datasets_per_conversation: int = 5
     dataset_allow_private_hosts: bool = False
+    # Comma-separated CIDRs reachable even though private (on-prem data servers), e.g.
+    # "10.20.0.0/16,fd00:1::/64"; narrower than dataset_allow_private_hosts.
+    dataset_allowed_networks: str = ""
     dataset_connect_timeout_s: float = 10.0
     dataset_read_timeout_s: float = 30.0
     dataset_total_timeout_s: float = 300.0
@@ -112,9 +116,24 @@ class Settings(BaseSettings):
         """Node-local directory for downloaded dataset files."""
         return Path(self.dataset_cache_dir or Path(self.data_dir) / "cache").resolve()
 
+    @field_validator("dataset_allowed_networks")
+    @classmethod
+    def _check_networks(cls, value: str) -> str:
+        for item in _split(value):
+            try:
+                ipaddress.ip_network(item, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"not a network in CIDR form ({exc})") from None
+        return value
+
+    @property
+    def allowed_dataset_networks(self) -> tuple[str, ...]:
+        """DATASET_ALLOWED_NETWORKS as a tuple of CIDR strings."""
+        return tuple(_split(self.dataset_allowed_networks))
+
     @property
     def allowed_origins(self) -> list[str]:
-        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+        return _split(self.cors_origins)
 
     @property
     def dev_login_enabled(self) -> bool:
@@ -146,6 +165,10 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _split(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def get_settings(**overrides: object) -> Settings:

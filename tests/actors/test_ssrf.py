@@ -205,3 +205,30 @@ def test_an_allow_list_entry_is_exact(guarded: Settings) -> None:
     assert not policy.permits_address("127.0.0.2")
     assert not policy.permits_address("::ffff:127.0.0.2")
     assert policy.permits_address("8.8.8.8")
+
+
+def test_operator_allowed_networks_open_only_those_ranges(
+    data_server: FakeDataServer, guarded: Settings
+) -> None:
+    """DATASET_ALLOWED_NETWORKS: an on-prem data server is reachable, the rest stays refused."""
+    opened = Settings(
+        **{**guarded.model_dump(), "dataset_allowed_networks": "10.20.0.0/16, 127.0.0.1/32"}
+    )
+    assert opened.allowed_dataset_networks == ("10.20.0.0/16", "127.0.0.1/32")
+    assert inspect_dataset(data_server.add("/data.csv", CSV), opened)["row_count"] == 1
+    policy = build_policy(opened)
+    assert policy.permits_address("10.20.3.4")
+    for outside in ("10.21.0.1", "127.0.0.2", "169.254.169.254", "192.168.1.1"):
+        assert not policy.permits_address(outside)
+    elsewhere = data_server.url("/data.csv", host="127.0.0.2")
+    with pytest.raises(DatasetError) as refused:
+        inspect_dataset(elsewhere, opened)
+    assert refused.value.error == PRIVATE_ADDRESS
+
+
+@pytest.mark.parametrize("value", ["10.0.0.0/33", "10.0.0.1/8", "intranet", "10.0.0.0/8,,x"])
+def test_allowed_networks_must_be_cidrs(value: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="CIDR"):
+        Settings(dataset_allowed_networks=value)

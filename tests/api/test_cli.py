@@ -98,3 +98,22 @@ def test_log_lines_never_carry_session_tokens() -> None:
     message = record.getMessage()
     assert "s3cr3t-T0k3n" not in message
     assert "token=[redacted]" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("DATASET_ALLOWED_NETWORKS", "10.0.0.0/33"), ("HEARTBEAT_INTERVAL", "often")],
+)
+def test_bad_configuration_is_one_readable_line_not_a_traceback(
+    cli_env: None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    value: str,
+) -> None:
+    monkeypatch.setenv(name, value)
+    assert main(["serve", "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("chatdf: invalid configuration")
+    assert f"  {name}: " in err
+    assert "Traceback" not in err
