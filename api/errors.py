@@ -7,12 +7,15 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from ray.exceptions import RayActorError
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatdf.errors import ChatdfError
 
 log = logging.getLogger(__name__)
+
+SESSION_RESTARTING = "The session is restarting; try again in a moment"
 
 _STATUS_SENTENCES = {
     400: "Bad request",
@@ -63,6 +66,14 @@ def install_error_handlers(app: FastAPI) -> None:
         details = str(getattr(inner, "orig", None) or inner).splitlines()[0][:200]
         return error_response(400, UNSTORABLE, details)
 
+    @app.exception_handler(RayActorError)
+    async def actor_gone(_req: Request, exc: RayActorError) -> JSONResponse:
+        # The user's session actor died under the call, twice (call_actor re-creates it once):
+        # a node lost, or the actor killed. Expected in a cluster, so a 503 and one log line
+        # (the catch-all below would also make the server log a traceback).
+        log.warning("session actor unavailable: %s", str(exc).splitlines()[0])
+        return error_response(503, SESSION_RESTARTING)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else None
@@ -75,7 +86,7 @@ def install_error_handlers(app: FastAPI) -> None:
         inner = unwrap(exc)
         if isinstance(inner, ChatdfError):
             return error_response(inner.status, inner.error, inner.details)
-        if type(inner).__name__ in ("RayActorError", "ActorDiedError", "ActorUnavailableError"):
-            return error_response(503, "The session is restarting; try again in a moment")
+        if isinstance(inner, RayActorError):
+            return error_response(503, SESSION_RESTARTING)
         log.exception("unexpected error")
         return error_response(500, "Internal server error")

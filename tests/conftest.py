@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,7 +79,5 @@ def _session_actors_end_with_the_test() -> Iterator[None]:
     for name in ray.util.list_named_actors():
         if not name.startswith("session:"):
             continue
-        try:
+        with contextlib.suppress(ValueError):  # it reaped itself meanwhile
             ray.kill(ray.get_actor(name), no_restart=True)
-        except ValueError:  # it reaped itself meanwhile
-            pass

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import logging
 import time
 import uuid
 from typing import Any
 
 import httpx
 import polars as pl
+import pytest
 
 from chatdf.settings import Settings
 from tests.fakes.fake_data_server import FakeDataServer
@@ -179,4 +181,43 @@ def test_load_interrupted_by_a_crash_ends_in_error(live: LiveServer) -> None:
         final = wait_status(client, conv, dataset_id)
     assert final["status"] == "error"
     assert "interrupted" in final["error"]
+    client.close()
+
+
+def test_an_actor_dying_under_a_call_twice_is_503_in_the_error_body(
+    live: LiveServer, data_server: FakeDataServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The edge re-creates a dead session actor once; a second death is a 503, never a 500."""
+    import threading
+
+    import ray
+
+    from actors.session import get_session_actor
+    from tests.live import wait_until
+
+    token, user_id, client = live.login(f"ds-{uuid.uuid4().hex[:8]}@example.com")
+    conv = client.post("/conversations").json()["id"]
+    url = data_server.add("/slow.parquet", parquet_bytes(100))
+    dataset = client.post(f"/conversations/{conv}/datasets", json={"url": url}).json()
+    assert wait_status(client, conv, dataset["dataset_id"])["status"] == "ready"
+    data_server.files["/slow.parquet"].stall = True  # the query's download now hangs
+    replies: list[httpx.Response] = []
+    query = threading.Thread(
+        target=lambda: replies.append(
+            client.post(f"/conversations/{conv}/query", json={"sql": "SELECT * FROM table1"})
+        )
+    )
+    before = data_server.requests["/slow.parquet"]
+    query.start()
+    for attempt in (1, 2):  # the first call, then the edge's one retry on a fresh actor
+        assert wait_until(lambda a=attempt: data_server.requests["/slow.parquet"] >= before + a)
+        ray.kill(get_session_actor(user_id, live.settings), no_restart=True)
+    query.join(60)
+    assert replies and replies[0].status_code == 503
+    assert replies[0].json() == {
+        "error": "The session is restarting; try again in a moment",
+        "details": None,
+    }
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no traceback logged
+    assert "session actor unavailable" in caplog.text
     client.close()
