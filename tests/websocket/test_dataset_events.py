@@ -17,25 +17,36 @@ def parquet_bytes() -> bytes:
     return buf.getvalue()
 
 
-def test_ws_msg_4_and_5_loading_then_loaded(
+def test_ws_msg_4_dataset_loading_follows_the_post(
     live: LiveServer, user: SignedIn, data_server: FakeDataServer
 ) -> None:
-    """WS-MSG-4: dataset_loading on POST; WS-MSG-5: dataset_loaded with name, counts and schema."""
+    """WS-MSG-4: POST answers 201 `loading` at once, and dataset_loading names it and its URL."""
     url = data_server.add("/cities.parquet", parquet_bytes())
     conv = user.client.post("/conversations").json()
     with live.ws(user.token) as ws:
         r = user.client.post(f"/conversations/{conv['id']}/datasets", json={"url": url})
         assert r.status_code == 201
         assert r.json()["status"] == "loading"
-        dataset_id = r.json()["dataset_id"]
         loading = ws.assert_received_type("dataset_loading")
-        assert loading == {
-            "type": "dataset_loading",
-            "conversation_id": conv["id"],
-            "dataset_id": dataset_id,
-            "url": url,
-            "status": "loading",
-        }
+    assert loading == {
+        "type": "dataset_loading",
+        "conversation_id": conv["id"],
+        "dataset_id": r.json()["dataset_id"],
+        "url": url,
+        "status": "loading",
+    }
+
+
+def test_ws_msg_5_dataset_loaded_with_name_counts_and_schema(
+    live: LiveServer, user: SignedIn, data_server: FakeDataServer
+) -> None:
+    """WS-MSG-5: dataset_loaded with name, row and column counts, schema and the stored row."""
+    url = data_server.add("/cities.parquet", parquet_bytes())
+    conv = user.client.post("/conversations").json()
+    with live.ws(user.token) as ws:
+        r = user.client.post(f"/conversations/{conv['id']}/datasets", json={"url": url})
+        dataset_id = r.json()["dataset_id"]
+        ws.assert_received_type("dataset_loading")
         loaded = ws.assert_received_type("dataset_loaded")
     assert loaded["dataset_id"] == dataset_id
     assert loaded["name"] == "table1"

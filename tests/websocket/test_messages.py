@@ -76,8 +76,8 @@ def types_of(frames: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def test_ws_msg_1_and_2_tokens_then_complete(chat: Chat, fake_gemini: FakeGemini) -> None:
-    """WS-MSG-1: chat_token frames with token and message_id; WS-MSG-2: chat_complete."""
+def test_ws_msg_1_tokens_carry_text_and_message_id(chat: Chat, fake_gemini: FakeGemini) -> None:
+    """WS-MSG-1: the answer arrives as chat_token frames with token and message_id, in order."""
     fake_gemini.script_text("Hello there, data friend.", chunks=3, usage=(12, 6))
     with chat.live.ws(chat.token) as ws:
         r = chat.post("hi")
@@ -89,12 +89,24 @@ def test_ws_msg_1_and_2_tokens_then_complete(chat: Chat, fake_gemini: FakeGemini
     assert len(tokens) == 3
     assert all(t["message_id"] == message_id and t["conversation_id"] == chat.conv for t in tokens)
     assert "".join(t["token"] for t in tokens) == "Hello there, data friend."
+
+
+def test_ws_msg_2_complete_carries_message_id_and_token_count(
+    chat: Chat, fake_gemini: FakeGemini
+) -> None:
+    """WS-MSG-2: the turn ends with one chat_complete: message_id, token_count, saved message."""
+    fake_gemini.script_text("Hello there, data friend.", chunks=3, usage=(12, 6))
+    with chat.live.ws(chat.token) as ws:
+        message_id = chat.post("hi").json()["message_id"]
+        frames = ws.receive_until("chat_complete")
+    assert types_of(frames).count("chat_complete") == 1
     done = frames[-1]
     assert done["message_id"] == message_id
     assert done["token_count"] == 18
     assert done["sql_query"] is None
     assert done["message"]["id"] == message_id
     assert done["message"]["content"] == "Hello there, data friend."
+    assert chat.wait_assistant()["content"] == done["message"]["content"]
 
 
 def test_ws_msg_3_model_error_gives_chat_error(chat: Chat, fake_gemini: FakeGemini) -> None:
