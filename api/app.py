@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import signal
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
 
 from fastapi import FastAPI, HTTPException, Request, Response
@@ -49,6 +51,28 @@ def connect_ray(settings: Settings) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    with _keeping_sigterm():
+        _init_ray(settings)
+    return True
+
+
+@contextmanager
+def _keeping_sigterm() -> Iterator[None]:
+    """`ray.init` replaces the SIGTERM handler with one that exits the process at once; uvicorn's
+    own handler (installed before the lifespan starts) shuts down gracefully: sockets closed with
+    1001/1012, lifespan shutdown run, exit status 0. Keep uvicorn's."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if in_main else None
+    try:
+        yield
+    finally:
+        if in_main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _init_ray(settings: Settings) -> None:
+    import ray
+
     if settings.ray_address:
         ray.init(
             address=settings.ray_address, namespace=settings.ray_namespace, log_to_driver=False
@@ -61,7 +85,6 @@ def connect_ray(settings: Settings) -> bool:
             namespace=settings.ray_namespace,
             log_to_driver=False,
         )
-    return True
 
 
 def close_stale_loads(db: Database, settings: Settings) -> None:
