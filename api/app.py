@@ -60,7 +60,7 @@ def connect_ray(settings: Settings) -> bool:
 def _keeping_sigterm() -> Iterator[None]:
     """`ray.init` replaces the SIGTERM handler with one that exits the process at once; uvicorn's
     own handler (installed before the lifespan starts) shuts down gracefully: sockets closed with
-    1001/1012, lifespan shutdown run, exit status 0. Keep uvicorn's."""
+    1001/1012, lifespan shutdown run, then the signal re-raised. Keep uvicorn's."""
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if in_main else None
     try:
