@@ -66,9 +66,8 @@ def test_edges_starting_together_all_create_the_schema(tmp_path: Path) -> None:
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
-    url = f"sqlite:///{tmp_path / 'race.db'}"
-    for _round in range(3):
-        (tmp_path / "race.db").unlink(missing_ok=True)
+    for attempt in range(3):  # a fresh file each round
+        url = f"sqlite:///{tmp_path / f'race{attempt}.db'}"
         barrier = ctx.Barrier(6)
         procs = [ctx.Process(target=_create, args=(url, barrier)) for _ in range(6)]
         for proc in procs:
@@ -76,5 +75,5 @@ def test_edges_starting_together_all_create_the_schema(tmp_path: Path) -> None:
         for proc in procs:
             proc.join(120)
         assert [proc.exitcode for proc in procs] == [0] * 6
-    tables = set(inspect(Database(url).engine).get_table_names())
-    assert {"users", "conversations", "messages", "token_usage"} <= tables
+        tables = set(inspect(Database(url).engine).get_table_names())
+        assert {"users", "conversations", "messages", "token_usage"} <= tables
