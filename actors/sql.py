@@ -23,6 +23,7 @@ ENGINE: Literal["streaming"] = "streaming"
 MAX_COLUMNS_LISTED = 40  # per table, in "column does not exist" sentences
 _MISSING_COLUMN = re.compile(r'unable to find column "([^"]+)"')
 _DID_YOU_MEAN = re.compile(r'Did you mean "([^"]+)"\?')
+FILE_DISAPPEARED = "A dataset file disappeared while the query ran; try again"
 _PLAN_DUMP = re.compile(r"\n\s*(Resolved plan until failure|This error occurred in)")
 
 
@@ -172,20 +173,9 @@ def stream_sql(
     time. Failures are yielded as {"kind": "error", "exception": ChatdfError}.
     """
     try:
-        try:
-            query, frames = _prepare(sql, tables, settings)
-            result = collect_head(query, frames, settings.query_max_rows)
-        except FileNotFoundError:
-            # A node-local copy went between being handed out and being opened (a refresh of
-            # the dataset replaced it): fetch again, once.
-            query, frames = _prepare(sql, tables, settings)
-            result = collect_head(query, frames, settings.query_max_rows)
+        query, frames, result = _run_head(sql, tables, settings)
     except ChatdfError as exc:
         yield {"kind": "error", "exception": exc}
-        return
-    except FileNotFoundError as exc:
-        failed = SqlFailed("A dataset file disappeared while the query ran; try again", str(exc))
-        yield {"kind": "error", "exception": failed}
         return
     yield {"kind": "rows", **result}
     if result["truncated"]:
@@ -194,6 +184,21 @@ def stream_sql(
         except (ChatdfError, FileNotFoundError):
             total = None
         yield {"kind": "count", "total_rows": total}
+
+
+def _run_head(
+    sql: str, tables: list[dict[str, Any]], settings: Settings
+) -> tuple[pl.LazyFrame, dict[str, pl.LazyFrame], dict[str, Any]]:
+    """Plan and collect the first rows; a node-local copy that went between being handed out and
+    being opened (a refresh of the dataset replaced it) is fetched again, once."""
+    for attempt in (1, 2):
+        try:
+            query, frames = _prepare(sql, tables, settings)
+            return query, frames, collect_head(query, frames, settings.query_max_rows)
+        except FileNotFoundError as exc:
+            if attempt == 2:
+                raise SqlFailed(FILE_DISAPPEARED, str(exc)) from None
+    raise AssertionError("unreachable")
 
 
 def _prepare(
