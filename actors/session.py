@@ -56,9 +56,7 @@ class SessionActor:
             self._startup = asyncio.get_running_loop().create_task(self._start())
         try:
             await asyncio.shield(self._startup)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
+        except Exception:  # not CancelledError (a BaseException): a cancelled caller leaves it
             self._startup = None  # a failed start (database down) is tried again next call
             raise
         return True
