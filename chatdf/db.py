@@ -23,7 +23,7 @@ from sqlalchemy import (
     inspect,
     text,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -204,9 +204,11 @@ class Database:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _sqlite_path(self) -> str | None:
-        if not self.url.startswith("sqlite"):
+        """The database file of a SQLite URL; None for other databases and in-memory SQLite."""
+        parsed = make_url(self.url)
+        if parsed.get_backend_name() != "sqlite":
             return None
-        path = self.url.split("///", 1)[-1]
+        path = parsed.database
         return path if path and path != ":memory:" else None
 
     @staticmethod
