@@ -8,22 +8,18 @@ import decimal
 import math
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import polars as pl
 
-from actors.sql_guard import check_sql
-from actors.tasks import DETAILS_MAX_CHARS
-from chatdf.errors import ChatdfError, SqlFailed
-from chatdf.settings import Settings
+from chatdf.errors import DETAILS_MAX_CHARS, SqlFailed
 
 # Bounded memory for scans and joins; Polars falls back to in-memory where it must.
 ENGINE: Literal["streaming"] = "streaming"
 MAX_COLUMNS_LISTED = 40  # per table, in "column does not exist" sentences
 _MISSING_COLUMN = re.compile(r'unable to find column "([^"]+)"')
 _DID_YOU_MEAN = re.compile(r'Did you mean "([^"]+)"\?')
-FILE_DISAPPEARED = "A dataset file disappeared while the query ran; try again"
 _PLAN_DUMP = re.compile(r"\n\s*(Resolved plan until failure|This error occurred in)")
 
 
@@ -158,62 +154,3 @@ def describe_columns(frames: Mapping[str, pl.LazyFrame]) -> str:
         more = f", … ({extra} more)" if extra > 0 else ""
         parts.append(f"{name}({shown}{more})")
     return ", ".join(parts) or "none"
-
-
-# The task's work (`actors.tasks.run_sql_task`): check, resolve the tables, run; results go
-# back as plain dicts, so the caller never needs Polars to read them ------------------------
-
-
-def stream_sql(
-    sql: str, tables: list[dict[str, Any]], settings: Settings
-) -> Iterator[dict[str, Any]]:
-    """Yields {"kind": "rows", ...result} then, when truncated, {"kind": "count", total_rows}.
-
-    Two items so that the caller has the rows even when the full count does not finish in
-    time. Failures are yielded as {"kind": "error", "exception": ChatdfError}.
-    """
-    try:
-        query, frames, result = _run_head(sql, tables, settings)
-    except ChatdfError as exc:
-        yield {"kind": "error", "exception": exc}
-        return
-    yield {"kind": "rows", **result}
-    if result["truncated"]:
-        try:
-            total: int | None = count_rows(query, frames)
-        except (ChatdfError, FileNotFoundError):
-            total = None
-        yield {"kind": "count", "total_rows": total}
-
-
-def _run_head(
-    sql: str, tables: list[dict[str, Any]], settings: Settings
-) -> tuple[pl.LazyFrame, dict[str, pl.LazyFrame], dict[str, Any]]:
-    """Plan and collect the first rows; a node-local copy that went between being handed out and
-    being opened (a refresh of the dataset replaced it) is fetched again, once."""
-    for attempt in (1, 2):
-        try:
-            query, frames = _prepare(sql, tables, settings)
-            return query, frames, collect_head(query, frames, settings.query_max_rows)
-        except FileNotFoundError as exc:
-            if attempt == 2:
-                raise SqlFailed(FILE_DISAPPEARED, str(exc)) from None
-    raise AssertionError("unreachable")
-
-
-def _prepare(
-    sql: str, tables: list[dict[str, Any]], settings: Settings
-) -> tuple[pl.LazyFrame, dict[str, pl.LazyFrame]]:
-    # The task checks again, in full: it does the I/O and must not trust its caller, and the
-    # Polars cross-check runs only here (the session actor does not load Polars).
-    by_name = {t["name"]: t for t in tables}
-    used = check_sql(sql, list(by_name), settings.max_sql_chars)
-    from actors.dataset_task import ensure_local, scan_local
-
-    frames = {}
-    for name in used:  # only what the query reads is downloaded and scanned
-        table = by_name[name]
-        frames[name] = scan_local(
-            ensure_local(table["url"], table["format"], settings), table["format"]
-        )
-    return plan_sql(sql, frames), frames

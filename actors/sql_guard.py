@@ -8,6 +8,8 @@ from collections.abc import Collection
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
+from sqlglot.tokenizer_core import TokenType
+from sqlglot.tokens import Tokenizer
 
 from chatdf.errors import SqlRefused
 
@@ -61,15 +63,69 @@ def check_sql(
         raise SqlRefused(
             f"The SQL is too long ({len(sql):,} characters; at most {max_chars:,} are allowed)"
         )
+    _refuse_ambiguous_lexing(sql)
     query = _parse_single_select(sql)
     registered = {name.lower(): name for name in table_names}
     cte_names = {cte.alias_or_name.lower() for cte in query.find_all(exp.CTE)}
     _refuse_forbidden_nodes(query)
     _refuse_file_functions(query)
+    _refuse_file_function_names(query)
     used = _check_table_references(query, registered)
     if cross_check:
         _cross_check_with_polars(sql, registered, cte_names)
     return sorted(used)
+
+
+# What may stand between two tokens: whitespace, `--` comments ended by a newline, and
+# `/* */` comments with no `/*` inside. Polars' parser (sqlparser) nests block comments and
+# ends line comments only at a newline; these are the readings both parsers share.
+_GAP = re.compile(r"(?:\s|--[^\r\n]*(?:\n|\Z)|/\*(?:(?!/\*|\*/).)*\*/)*", re.DOTALL)
+# Characters that, right before a quote, make a prefixed literal in one parser or the other
+# (X'..' hex, E'..' escapes, N'..', B'..', R'..', U&'..', $tag$..$tag$).
+_PREFIX = re.compile(r"[A-Za-z0-9_&$]")
+_PLAIN_QUOTED = {TokenType.STRING: "'", TokenType.IDENTIFIER: '"'}
+LEXING_REFUSED = (
+    "The SQL uses a construct the query engine may read differently ({what}); "
+    "use plain 'single-quoted' strings, \"double-quoted\" names and simple comments"
+)
+
+
+def _refuse_ambiguous_lexing(sql: str) -> None:
+    """Refuse text whose strings, quoted names or comments the two parsers could split apart.
+
+    The checks run on sqlglot's reading and Polars executes its own: were the two to disagree
+    on where a string or comment ends (Polars honours backslash escapes in X'..' strings,
+    sqlglot does not), code one parser sees as a string could be code to the other. So only
+    constructs both read alike pass: plain '...' strings ('' escapes a quote), "..." names,
+    and the comments in _GAP; everything else between tokens is refused.
+    """
+    try:
+        tokens = Tokenizer(dialect=DIALECT).tokenize(sql)
+    except SqlglotError as exc:
+        raise SqlRefused(
+            "The SQL could not be parsed; write one standard SELECT with double-quoted identifiers",
+            details=str(exc)[:1000],
+        ) from exc
+    position = 0
+    for token in tokens:
+        _refuse_gap(sql, position, token.start)
+        quote = _PLAIN_QUOTED.get(token.token_type)
+        raw = sql[token.start : token.end + 1]
+        if "STRING" in token.token_type.name and quote != "'":
+            raise SqlRefused(LEXING_REFUSED.format(what=f"a {token.token_type.name} literal"))
+        if quote is not None and raw[:1] == quote:
+            if token.start > 0 and _PREFIX.match(sql[token.start - 1]):
+                raise SqlRefused(LEXING_REFUSED.format(what=f"a prefixed literal near {raw[:20]}"))
+        elif any(c in raw for c in "'\"`\\$#"):
+            raise SqlRefused(LEXING_REFUSED.format(what=f"{raw[:20]!r}"))
+        position = token.end + 1
+    _refuse_gap(sql, position, len(sql))
+
+
+def _refuse_gap(sql: str, start: int, end: int) -> None:
+    gap = sql[start:end]
+    if gap and _GAP.fullmatch(gap) is None:
+        raise SqlRefused(LEXING_REFUSED.format(what=f"{gap.strip()[:20]!r} between tokens"))
 
 
 def _parse_single_select(sql: str) -> exp.Query:
@@ -107,6 +163,16 @@ def _refuse_file_functions(query: exp.Query) -> None:
         name = func.name if isinstance(func, exp.Anonymous) else func.sql_name()
         if _FILE_FUNCTION.match(name):
             raise _table_function_refusal(name.lower())
+
+
+def _refuse_file_function_names(query: exp.Query) -> None:
+    """No CTE, alias or table may be named like a table function: a name that clears one
+    reading (a CTE called read_csv) must never clear the real function in the other."""
+    for node in query.walk():
+        if isinstance(node, (exp.CTE, exp.TableAlias, exp.Table)):
+            name = node.alias_or_name if isinstance(node, exp.CTE) else node.name
+            if _FILE_FUNCTION.match(name or ""):
+                raise _table_function_refusal(name.lower())
 
 
 def _check_table_references(query: exp.Query, registered: dict[str, str]) -> set[str]:
@@ -176,10 +242,10 @@ def _cross_check_with_polars(sql: str, registered: dict[str, str], cte_names: se
         ) from exc
     for name in names:
         lowered = name.lower()
+        if _FILE_FUNCTION.match(lowered.rsplit(".", 1)[-1]):  # before any name can clear it
+            raise _table_function_refusal(lowered)
         if lowered in registered or lowered in cte_names:
             continue
-        if _FILE_FUNCTION.match(lowered):
-            raise _table_function_refusal(lowered)
         raise _unknown_table(name, registered)
 
 

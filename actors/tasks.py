@@ -2,7 +2,7 @@
 
 A session actor runs in its own process per user; Polars there would cost ~25 MB RSS and its
 thread pools each (measured). So this module, which the actor imports, only submits and awaits
-tasks: the task bodies import the worker-side code (`actors.dataset_task`, `actors.sql`, which
+tasks: the task bodies import the worker-side code (`actors.dataset_task`, `actors.sql_task`, which
 load Polars and PyArrow) when they run, inside a Ray worker.
 """
 
@@ -17,11 +17,8 @@ import ray
 from ray.exceptions import OutOfMemoryError, RayError, TaskCancelledError, WorkerCrashedError
 
 from actors.sql_guard import check_sql
-from chatdf.errors import ChatdfError, SqlFailed
+from chatdf.errors import DETAILS_MAX_CHARS, ChatdfError, SqlFailed
 from chatdf.settings import Settings
-
-DETAILS_MAX_CHARS = 2000
-
 
 # Task bodies: these run in Ray workers, which is where the engine gets imported -----------
 
@@ -37,11 +34,11 @@ def load_dataset(url: str, settings: Settings) -> dict[str, Any]:
 def sql_task(
     sql: str, tables: list[dict[str, Any]], settings: Settings
 ) -> Iterator[dict[str, Any]]:
-    """Run SQL inside a worker (`actors.sql.stream_sql`): the rows first, then the count.
+    """Run SQL inside a worker (`actors.sql_task.stream_sql`): the rows first, then the count.
 
     Named so that its worker process shows as `ray::sql_task`.
     """
-    from actors.sql import stream_sql
+    from actors.sql_task import stream_sql
 
     with _portable_errors():
         yield from stream_sql(sql, tables, settings)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+DETAILS_MAX_CHARS = 2000  # the longest `details` text a task or engine error carries
+
 
 class ChatdfError(Exception):
     """A failure a client should see as a sentence; `status` is the HTTP code it maps to."""

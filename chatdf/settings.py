@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Literal
 
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -94,6 +95,9 @@ class Settings(BaseSettings):
     query_max_rows: int = 1000
     query_memory_bytes: int = 2 * 1024**3
     max_sql_chars: int = 20_000
+    # auto: run each query confined by Landlock where the kernel has it (else warn once);
+    # required: refuse to run SQL without it; off: no file/network confinement (docs/sql.md).
+    sql_sandbox: Literal["auto", "required", "off"] = "auto"
 
     # Misc
     log_level: str = "INFO"

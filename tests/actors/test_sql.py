@@ -206,7 +206,7 @@ def test_a_copy_removed_before_the_query_opens_it_is_fetched_again(
     """A refresh on the same node replaces the cached copy between hand-out and open: the query
     fetches again once instead of failing (stream_sql runs in the task; here, in-process)."""
     from actors import dataset_task
-    from actors.sql import stream_sql
+    from actors.sql_task import stream_sql
 
     tables = [served("table1", SALES)]
     real = dataset_task.ensure_local
@@ -231,7 +231,7 @@ def test_a_copy_that_keeps_disappearing_is_a_clear_error(
     served: Callable[..., dict[str, Any]], settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from actors import dataset_task
-    from actors.sql import stream_sql
+    from actors.sql_task import stream_sql
 
     tables = [served("table1", SALES)]
     real = dataset_task.ensure_local

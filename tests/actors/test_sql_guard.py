@@ -275,3 +275,63 @@ def test_comment_terminators_the_parsers_disagree_on_are_refused(secret: Path) -
     refusal(f"SELECT 1 -- \r FROM read_csv('{secret}')")
     # A backslash does not escape a quote in either parser, so both see the function call.
     refusal(f"SELECT 'a\\' AS x, * FROM read_csv('{secret}') -- '")
+
+
+# The two flaws of the live attack (issue 10), and their class ---------------------------
+
+
+def test_no_cte_name_clears_a_table_function_in_polars_reading(secret: Path) -> None:
+    """Polars' own reading names read_csv: a CTE called read_csv must not clear it."""
+    from actors.sql_guard import _cross_check_with_polars
+
+    sql = f"WITH read_csv AS (SELECT 1 AS a) SELECT * FROM read_csv('{secret}')"
+    with pytest.raises(SqlRefused, match="Table functions"):
+        _cross_check_with_polars(sql, {"table1": "table1"}, {"read_csv"})
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "WITH read_csv AS (SELECT 1 AS a) SELECT * FROM read_csv",
+        "WITH scan_parquet AS (SELECT 1 AS a) SELECT a FROM scan_parquet",
+        "SELECT * FROM table1 AS read_csv",
+        "SELECT r.* FROM (SELECT 1 AS a) AS read_ipc(a) JOIN table1 ON true",
+    ],
+)
+def test_nothing_may_be_named_like_a_table_function(sql: str) -> None:
+    assert refusal(sql).error.startswith("Table functions")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # Polars reads X'..' with backslash escapes, so the string would swallow the comment.
+        "SELECT x'\\' AS a, ' AS b FROM read_csv('{p}') --' AS c FROM table1",
+        "SELECT * FROM table1 WHERE region = X'\\' UNION ALL SELECT * FROM read_csv('{p}') -- '",
+        "SELECT * FROM table1 WHERE region = e'\\' OR read_csv('{p}') -- '",
+        "SELECT * FROM table1 WHERE region = N'a'",
+        "SELECT * FROM table1 WHERE region = U&'\\0041'",
+        "SELECT * FROM table1 WHERE region = $$a$$",
+        "SELECT * FROM table1 WHERE region = $tag$a$tag$",
+        "SELECT 1 /* a /* nested */ FROM read_csv('{p}') */ AS x",
+        "SELECT 1 -- ends here for one parser only\r, * FROM read_csv('{p}')",
+        'SELECT "region""" FROM table1 # read_csv(\'{p}\')',
+        "SELECT `region` FROM table1",
+        "SELECT 1 AS a \\ FROM table1",
+    ],
+)
+def test_constructs_the_parsers_could_read_apart_are_refused(sql: str, secret: Path) -> None:
+    err = refusal(sql.format(p=secret))
+    assert "hunter2" not in str(err)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 'it''s' AS a, \"region\" FROM table1 -- a comment\n WHERE revenue > 1",
+        "SELECT /* a comment */ region FROM table1 WHERE region ~ '\\d+' -- trailing",
+        "SELECT region AS \"Region name\" FROM table1 WHERE region LIKE 'n%'",
+    ],
+)
+def test_plain_strings_names_and_comments_still_pass(sql: str) -> None:
+    assert check_sql(sql, TABLES, MAX_CHARS) == ["table1"]

@@ -1,0 +1,91 @@
+"""Runs one checked query in a fresh, confined process (`actors.sql_child`) and relays its items.
+
+The second wall behind the SQL guard: were the guard ever to let a file-reading construct
+through, the process that executes the query could still read nothing but that query's dataset
+files and could open no network connection (Landlock), and could not grow past
+QUERY_MEMORY_BYTES (RLIMIT_DATA). Processes come from a `multiprocessing` fork server that
+imported Polars once per Ray worker, so a query pays a fork (milliseconds), not an import.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+from collections.abc import Iterator
+from multiprocessing.context import ForkServerContext
+from typing import Any, Literal
+
+from actors import landlock
+from actors.sql_child import QueryLimits, QueryTable, main
+from chatdf.errors import SqlFailed
+
+log = logging.getLogger(__name__)
+
+SandboxMode = Literal["auto", "required", "off"]
+UNAVAILABLE = "The SQL sandbox is required (SQL_SANDBOX=required) but this kernel has no Landlock"
+_context: ForkServerContext | None = None
+_warned = False
+
+
+def run_confined(
+    sql: str, tables: list[QueryTable], max_rows: int, memory_bytes: int, mode: SandboxMode
+) -> Iterator[tuple[str, Any]]:
+    """Yields the child's items in order: ("rows", result), then ("count", n) when truncated.
+
+    Also ("error", ChatdfError), ("missing", text) for a vanished file, ("denied", text) when
+    the sandbox stopped a read. A process that dies (memory limit, crash) raises SqlFailed.
+    """
+    limits = QueryLimits(max_rows=max_rows, memory_bytes=memory_bytes, confine=_confine(mode))
+    context = _fork_server()
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=main, args=(sender, sql, tables, limits), daemon=True)
+    process.start()
+    sender.close()
+    try:
+        while True:
+            try:
+                item: tuple[str, Any] = receiver.recv()
+            except EOFError:
+                process.join()
+                if process.exitcode not in (0, None):
+                    raise _died(process.exitcode, memory_bytes) from None
+                return
+            yield item
+    finally:
+        receiver.close()
+        if process.is_alive():
+            process.kill()
+        process.join()
+
+
+def _confine(mode: SandboxMode) -> bool:
+    global _warned
+    if mode == "off":
+        return False
+    if landlock.abi_version() >= 1:
+        return True
+    if mode == "required":
+        raise SqlFailed(UNAVAILABLE)
+    if not _warned:
+        log.warning("Landlock is unavailable: queries run without the file and network sandbox")
+        _warned = True
+    return False
+
+
+def _fork_server() -> ForkServerContext:
+    global _context
+    if _context is None:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["actors.sql_child"])
+        _context = context
+    return _context
+
+
+def _died(exitcode: int, memory_bytes: int) -> SqlFailed:
+    if exitcode == -signal.SIGABRT:  # how Polars ends when an allocation fails
+        return SqlFailed(
+            "The query needed more memory than allowed and was stopped",
+            f"limit {memory_bytes:,} bytes (QUERY_MEMORY_BYTES)",
+        )
+    return SqlFailed("The query engine stopped unexpectedly", f"exit status {exitcode}")

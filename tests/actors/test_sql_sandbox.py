@@ -1,0 +1,142 @@
+"""The second wall: a query process reads only its tables, opens no connection, keeps no key.
+
+These tests hand SQL straight to the confined process, skipping the guard on purpose: they
+show what one guard bug alone could reach (nothing), not what the guard refuses.
+"""
+
+from __future__ import annotations
+
+import http.server
+import multiprocessing
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from actors import landlock
+from actors.sql_child import QueryLimits, QueryTable, _prepare_process
+from actors.sql_sandbox import run_confined
+from chatdf.errors import SqlFailed
+
+pytestmark = pytest.mark.skipif(landlock.abi_version() < 4, reason="needs Landlock ABI 4+")
+MiB = 1024**2
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> QueryTable:
+    path = tmp_path / "cache" / "table1.parquet"
+    path.parent.mkdir()
+    pl.DataFrame({"region": ["n", "s"], "revenue": [1.5, 2.0]}).write_parquet(path)
+    return QueryTable(name="table1", path=str(path), format="parquet")
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    """Another user's cached dataset, beside the query's own file."""
+    path = tmp_path / "cache" / "other-user.csv"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("password\nhunter2\n")
+    return path
+
+
+def items(sql: str, tables: list[QueryTable], memory: int = 512 * MiB) -> list[tuple[str, Any]]:
+    return list(run_confined(sql, tables, 100, memory, "required"))
+
+
+def test_the_query_reads_its_own_table(table: QueryTable) -> None:
+    got = items("SELECT region, revenue FROM table1 ORDER BY region", [table])
+    assert got[0][0] == "rows"
+    assert got[0][1]["rows"] == [["n", 1.5], ["s", 2.0]]
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd", "secret"])
+def test_a_file_outside_the_query_cannot_be_read(
+    target: str, table: QueryTable, secret: Path
+) -> None:
+    path = str(secret) if target == "secret" else target
+    got = items(f"SELECT * FROM read_csv('{path}')", [table])
+    assert got[0][0] == "denied"
+    assert "hunter2" not in repr(got) and "root:" not in repr(got)
+
+
+def test_the_data_directory_database_cannot_be_read(table: QueryTable, tmp_path: Path) -> None:
+    db = tmp_path / "chatdf.db"
+    db.write_text("users: someone@example.com\n")
+    got = items(f"SELECT * FROM read_csv('{db}')", [table])
+    assert got[0][0] == "denied"
+
+
+class CountingHandler(http.server.BaseHTTPRequestHandler):
+    hits = 0
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        type(self).hits += 1
+        body = b"a\n1\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_HEAD = do_GET  # noqa: N815
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+@pytest.fixture
+def loopback_url() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), CountingHandler)
+    CountingHandler.hits = 0
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/x.csv"
+    server.shutdown()
+    server.server_close()
+
+
+def test_no_network_connection_is_opened(table: QueryTable, loopback_url: str) -> None:
+    got = items(f"SELECT * FROM read_csv('{loopback_url}')", [table])
+    assert got[0][0] == "error"
+    assert CountingHandler.hits == 0
+    # The same query unconfined does reach the server: the counter would have seen it.
+    list(run_confined(f"SELECT * FROM read_csv('{loopback_url}')", [table], 100, 512 * MiB, "off"))
+    assert CountingHandler.hits > 0
+
+
+def test_memory_is_limited_for_real(table: QueryTable) -> None:
+    # A hash set of 36M distinct values (~600 MB): stopped at 64 MiB instead of growing.
+    sql = (
+        "SELECT count(DISTINCT p) AS n FROM (SELECT a * 6000 + b AS p"
+        " FROM (SELECT unnest(range(0, 6000)) AS a) x"
+        " CROSS JOIN (SELECT unnest(range(0, 6000)) AS b) y) z"
+    )
+    with pytest.raises(SqlFailed, match="more memory than allowed") as info:
+        items(sql, [table], memory=64 * MiB)
+    assert "QUERY_MEMORY_BYTES" in (info.value.details or "")
+
+
+def _environment_after_preparing(conn: Any) -> None:
+    _prepare_process([], QueryLimits(max_rows=1, memory_bytes=256 * MiB, confine=True))
+    proc_environ = "readable"
+    try:
+        Path(f"/proc/{os.getppid()}/environ").read_bytes()
+    except PermissionError:
+        proc_environ = "denied"
+    conn.send((dict(os.environ), proc_environ))
+
+
+def test_the_query_process_holds_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GEMINI_API_KEY", "sk-secret-key")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:pw@db/chatdf")
+    context = multiprocessing.get_context("forkserver")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_environment_after_preparing, args=(sender,))
+    process.start()
+    environment, proc_environ = receiver.recv()
+    process.join()
+    assert "GEMINI_API_KEY" not in environment and "DATABASE_URL" not in environment
+    assert proc_environ == "denied"  # nor another process's environment through /proc
