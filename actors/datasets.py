@@ -164,7 +164,7 @@ class DatasetLoader:
     async def _inspect(self, url: str) -> dict[str, Any]:
         from actors.tasks import load_dataset_task
 
-        ref = load_dataset_task.remote(url, self.settings)
+        ref = load_dataset_task.remote(url, self.settings.for_tasks())
         try:
             result: dict[str, Any] = await asyncio.wait_for(
                 ref, timeout=self.settings.dataset_total_timeout_s + 5

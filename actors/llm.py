@@ -210,7 +210,7 @@ class GeminiClient:
     """Streams one model call at a time; retries transient failures before any text streamed."""
 
     def __init__(self, settings: Settings, *, sleep: Sleep = asyncio.sleep) -> None:
-        if not settings.gemini_api_key:
+        if not settings.llm_configured:
             raise Unavailable(NO_MODEL)
         self.settings = settings
         self.model = settings.gemini_model
@@ -222,7 +222,7 @@ class GeminiClient:
             retry_options=types.HttpRetryOptions(attempts=1),
         )
         self._client = genai.Client(
-            api_key=settings.gemini_api_key, vertexai=False, http_options=options
+            api_key=settings.gemini_api_key.get_secret_value(), vertexai=False, http_options=options
         )
 
     def config(self, system: str, tools_enabled: bool) -> types.GenerateContentConfig:

@@ -77,7 +77,9 @@ async def run_sql(sql: str, tables: list[dict[str, Any]], settings: Settings) ->
     task; the Polars cross-check runs in the task, before it reads anything.
     """
     check_sql(sql, [t["name"] for t in tables], settings.max_sql_chars, cross_check=False)
-    task = run_sql_task.options(memory=settings.query_memory_bytes).remote(sql, tables, settings)
+    task = run_sql_task.options(memory=settings.query_memory_bytes).remote(
+        sql, tables, settings.for_tasks()
+    )
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.query_timeout_s
     try:

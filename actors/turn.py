@@ -110,7 +110,7 @@ class Turn:
 
     async def run(self) -> TurnResult:
         """Loops model call → tools → model call until the model answers without tools."""
-        if not self.settings.gemini_api_key:
+        if not self.settings.llm_configured:
             raise Unavailable(NO_MODEL)
         self._turn_contents = [user_content(self.user_text)]
         await self._phase("generating")

@@ -141,7 +141,7 @@ async def fetch_google_profile(settings: Settings, code: str) -> dict[str, Any]:
                 data={
                     "code": code,
                     "client_id": settings.google_client_id,
-                    "client_secret": settings.google_client_secret,
+                    "client_secret": settings.google_client_secret.get_secret_value(),
                     "redirect_uri": settings.google_redirect_uri,
                     "grant_type": "authorization_code",
                 },

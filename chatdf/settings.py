@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DAY_S = 24 * 3600
@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     session_ttl_s: int = 7 * DAY_S
     app_url: str = "/"  # where the OAuth callback redirects the browser
     google_client_id: str = ""
-    google_client_secret: str = ""
+    google_client_secret: SecretStr = SecretStr("")
     google_redirect_uri: str = "http://127.0.0.1:8000/auth/google/callback"
     google_auth_url: str = "https://accounts.google.com/o/oauth2/v2/auth"
     google_token_url: str = "https://oauth2.googleapis.com/token"
@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     subscriber_queue_max: int = 10_000
 
     # Model
-    gemini_api_key: str = ""
+    gemini_api_key: SecretStr = SecretStr("")
     gemini_model: str = "gemini-2.5-flash"
     gemini_base_url: str = ""
     llm_max_retries: int = 3
@@ -156,9 +156,23 @@ class Settings(BaseSettings):
             urls.add(self.public_url.rstrip("/") + SAMPLE_PATH)
         return frozenset(urls)
 
+    def for_tasks(self) -> Settings:
+        """A copy for Ray tasks (downloads, SQL): every secret blanked, the database URL too.
+
+        Tasks run next to user SQL; they need limits, the cache location and the fetch guard's
+        rules, never a model key, an OAuth secret or database credentials.
+        """
+        return self.model_copy(
+            update={
+                "gemini_api_key": SecretStr(""),
+                "google_client_secret": SecretStr(""),
+                "database_url": "",
+            }
+        )
+
     @property
     def llm_configured(self) -> bool:
-        return bool(self.gemini_api_key)
+        return bool(self.gemini_api_key.get_secret_value())
 
 
 def is_loopback_host(host: str) -> bool:

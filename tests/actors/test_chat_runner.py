@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from pydantic import SecretStr
+
 from actors.budget import TokenBudget
 from actors.chat import ChatRunner
 from actors.datasets import DatasetLoader
@@ -36,7 +38,7 @@ def runner_for(settings: Settings) -> tuple[ChatRunner, list[dict[str, Any]], st
 async def test_stop_right_after_post_ends_the_turn_and_frees_the_conversation(
     settings: Settings,
 ) -> None:
-    keyed = settings.model_copy(update={"gemini_api_key": "unused"})
+    keyed = settings.model_copy(update={"gemini_api_key": SecretStr("unused")})
     chat, published, conv = runner_for(keyed)
     started = await chat.post(conv, "hello")
     assert await chat.stop(conv)  # before the turn's task has run a single step

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from pydantic import SecretStr
 
 from actors.llm import (
     CONTEXT_TOO_LARGE,
@@ -217,7 +218,7 @@ async def test_failure_after_text_streamed_is_not_retried_and_usage_is_kept(
 
 def test_no_key_is_a_clear_error(settings: Settings) -> None:
     with pytest.raises(Unavailable) as info:
-        GeminiClient(settings.model_copy(update={"gemini_api_key": ""}))
+        GeminiClient(settings.model_copy(update={"gemini_api_key": SecretStr("")}))
     assert info.value.error == NO_MODEL
     assert "GEMINI_API_KEY" in info.value.error
 

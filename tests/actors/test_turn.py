@@ -10,6 +10,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+from pydantic import SecretStr
 
 from actors.llm import (
     CONTEXT_TOO_LARGE,
@@ -448,7 +449,7 @@ async def test_cancelling_during_sql_keeps_the_tool_rounds_so_far(
 async def test_no_key_configured_is_a_clear_error(
     h: Harness, llm: GeminiClient, gemini_settings: Settings, fake_gemini: FakeGemini
 ) -> None:
-    settings = gemini_settings.model_copy(update={"gemini_api_key": ""})
+    settings = gemini_settings.model_copy(update={"gemini_api_key": SecretStr("")})
     with pytest.raises(Unavailable) as info:
         await h.turn(settings, llm).run()
     assert info.value.error == NO_MODEL and "GEMINI_API_KEY" in info.value.error

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from pydantic import SecretStr
 
 from chatdf.settings import Settings
 from tests.live import LiveServer
@@ -14,7 +15,9 @@ from tests.live import LiveServer
 def server(
     request: pytest.FixtureRequest, ray_session: None, settings: Settings
 ) -> Iterator[LiveServer]:
-    live = LiveServer(settings.model_copy(update={"gemini_api_key": request.param})).start()
+    live = LiveServer(
+        settings.model_copy(update={"gemini_api_key": SecretStr(request.param)})
+    ).start()
     yield live
     live.stop()
 

@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from chatdf.settings import Settings
 
@@ -420,5 +421,5 @@ def fake_gemini() -> Iterator[FakeGemini]:
 def gemini_settings(settings: Settings, fake_gemini: FakeGemini) -> Settings:
     """The `settings` fixture pointed at the fake model, with a (fake) API key."""
     return settings.model_copy(
-        update={"gemini_api_key": "fake-key", "gemini_base_url": fake_gemini.base_url}
+        update={"gemini_api_key": SecretStr("fake-key"), "gemini_base_url": fake_gemini.base_url}
     )

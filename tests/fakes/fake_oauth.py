@@ -10,6 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from pydantic import SecretStr
+
 
 @dataclass
 class Profile:
@@ -83,7 +85,7 @@ class FakeOAuthProvider:
         """The Settings fields that point the app at this provider."""
         return {
             "google_client_id": self.client_id,
-            "google_client_secret": self.client_secret,
+            "google_client_secret": SecretStr(self.client_secret),
             "google_redirect_uri": redirect_uri,
             "google_auth_url": f"{self.url}/authorize",
             "google_token_url": f"{self.url}/token",
