@@ -190,10 +190,10 @@ class DatasetLoader:
         except asyncio.CancelledError:
             await asyncio.to_thread(self._mark_error, dataset_id, INTERRUPTED)
             raise
-        except Exception as exc:  # a crashed task must still end the row in error
+        except Exception:  # a crashed task must still end the row in error
             log.exception("dataset load %s failed", dataset_id)
             await self._fail(conversation_id, dataset_id, "Loading the dataset failed unexpectedly")
-            raise DatasetError("Loading the dataset failed unexpectedly", str(exc)) from None
+            raise DatasetError("Loading the dataset failed unexpectedly") from None  # log has it
         ready = await asyncio.to_thread(self._mark_ready, dataset_id, info)
         if ready is None:  # deleted while loading
             raise DatasetError("The dataset was removed while it was loading")

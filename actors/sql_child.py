@@ -29,6 +29,8 @@ from actors.sql import collect_head, count_rows, plan_sql
 from chatdf.errors import ChatdfError, SqlFailed
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+PROCESS_NAME = b"chatdf-query"
 # Variables a query process keeps; everything else (keys, tokens, database URLs) is dropped.
 _KEPT_ENVIRONMENT = ("PATH", "HOME", "USER", "TMPDIR", "LANG", "LC_ALL", "TZ", "POLARS_MAX_THREADS")
 
@@ -73,8 +75,10 @@ def main(conn: Connection, sql: str, tables: list[QueryTable], limits: QueryLimi
 
 
 def _prepare_process(tables: list[QueryTable], limits: QueryLimits) -> None:
+    libc = ctypes.CDLL(None)
     # Die with the fork server (which dies with its Ray worker, e.g. on a forced cancel).
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    libc.prctl(_PR_SET_NAME, PROCESS_NAME, 0, 0, 0)  # `ps -e` shows chatdf-query
     for name in list(os.environ):
         if name not in _KEPT_ENVIRONMENT:
             del os.environ[name]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,8 +18,10 @@ import ray
 from ray.exceptions import OutOfMemoryError, RayError, TaskCancelledError, WorkerCrashedError
 
 from actors.sql_guard import check_sql
-from chatdf.errors import DETAILS_MAX_CHARS, ChatdfError, SqlFailed
+from chatdf.errors import ChatdfError, SqlFailed
 from chatdf.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # Task bodies: these run in Ray workers, which is where the engine gets imported -----------
 
@@ -128,13 +131,19 @@ async def _next_item(task: Any, timeout_s: float) -> dict[str, Any] | None:
 
 
 def _explain_ray_error(exc: RayError) -> ChatdfError:
-    if isinstance(exc, OutOfMemoryError):
-        return SqlFailed("The query needed more memory than allowed and was stopped", str(exc))
+    """A sentence for the client; Ray's text (tracebacks, paths, pids, node addresses) goes
+    to the log only, never into `details`."""
     if isinstance(exc, TaskCancelledError):
         return SqlFailed("The query was cancelled")
+    log.warning("SQL task failed: %s", exc)
+    if isinstance(exc, OutOfMemoryError):
+        return SqlFailed(
+            "The query needed more memory than allowed and was stopped",
+            "the node ran low on memory; try a query that reads less",
+        )
     if isinstance(exc, WorkerCrashedError):
-        return SqlFailed("The query engine stopped unexpectedly", str(exc)[:DETAILS_MAX_CHARS])
-    return SqlFailed("The query failed unexpectedly", str(exc)[:DETAILS_MAX_CHARS])
+        return SqlFailed("The query engine stopped unexpectedly")
+    return SqlFailed("The query failed unexpectedly")
 
 
 def _seconds(value: float) -> str:

@@ -7,6 +7,7 @@ import datetime as dt
 import decimal
 import json
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 import ray
 
 from actors.sql import execute_sql
+from actors.sql_child import PROCESS_NAME
 from actors.tasks import run_sql
 from chatdf.errors import DatasetError, SqlFailed, SqlRefused
 from chatdf.settings import Settings
@@ -355,6 +357,17 @@ def sql_workers_running() -> int:
     )
 
 
+def query_processes_running() -> int:
+    """Confined query processes (actors.sql_child names them), wherever they were reparented."""
+    count = 0
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            count += comm.read_bytes().strip() == PROCESS_NAME
+        except OSError:
+            continue
+    return count
+
+
 @pytest.mark.usefixtures("ray_session")
 async def test_time_limit_force_cancels_a_running_query(
     served: Callable[..., dict[str, Any]], settings: Settings
@@ -365,10 +378,12 @@ async def test_time_limit_force_cancels_a_running_query(
     runner = asyncio.ensure_future(run_sql(SLOW_SQL, tables, settings))
     # The query is seen running inside a worker, so the cancel below stops real work.
     assert await asyncio.to_thread(wait_until, lambda: sql_workers_running() == 1)
+    assert await asyncio.to_thread(wait_until, lambda: query_processes_running() == 1)
     with pytest.raises(SqlFailed) as info:
         await runner
     assert info.value.error == "The query took longer than 3 seconds and was cancelled"
     assert wait_until(lambda: sql_workers_running() == 0)
+    assert wait_until(lambda: query_processes_running() == 0)  # the confined process too
     assert wait_until(lambda: ray.available_resources().get("CPU", 0) >= cpus_before)  # type: ignore[no-untyped-call]
 
 
@@ -383,6 +398,32 @@ async def test_stopping_the_caller_cancels_the_query(
     with pytest.raises(asyncio.CancelledError):
         await runner
     assert wait_until(lambda: sql_workers_running() == 0)
+    assert wait_until(lambda: query_processes_running() == 0)
+
+
+def sql_worker_pids() -> list[int]:
+    return [
+        int(p.parent.name)
+        for p in Path("/proc").glob("[0-9]*/cmdline")
+        if p.exists() and p.read_bytes().startswith(b"ray::sql_task")
+    ]
+
+
+@pytest.mark.usefixtures("ray_session")
+async def test_a_crashed_worker_is_a_sentence_without_internals(
+    served: Callable[..., dict[str, Any]], settings: Settings
+) -> None:
+    """Ray's text (traceback, file paths, pid, node address) never reaches the client."""
+    tables = [served("table1", pl.DataFrame({"n": range(20_000)}))]
+    runner = asyncio.ensure_future(run_sql(SLOW_SQL, tables, settings))
+    assert await asyncio.to_thread(wait_until, lambda: sql_workers_running() == 1)
+    for pid in sql_worker_pids():
+        os.kill(pid, signal.SIGKILL)
+    with pytest.raises(SqlFailed) as info:
+        await runner
+    assert info.value.error == "The query engine stopped unexpectedly"
+    assert info.value.details is None
+    assert wait_until(lambda: query_processes_running() == 0)
 
 
 @pytest.mark.usefixtures("ray_session")
