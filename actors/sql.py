@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import json
 import math
 import re
 import time
@@ -71,6 +72,24 @@ def collect_head(
         "truncated": truncated,
         "execution_ms": round(elapsed_ms, 3),
     }
+
+
+def cap_result_bytes(result: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+    """Keep the leading rows whose JSON fits in `max_bytes`; the rest are truncated as past
+    QUERY_MAX_ROWS are. A single row larger than that is refused: there is nothing to show."""
+    used = 0
+    for index, row in enumerate(result["rows"]):
+        used += len(json.dumps(row, separators=(",", ":"), ensure_ascii=False).encode())
+        if used <= max_bytes:
+            continue
+        if index == 0:
+            raise SqlFailed(
+                f"The result is too large: one row alone is over {max_bytes:,} bytes; "
+                "select fewer or shorter columns (for example with left(column, 100))",
+                f"limit {max_bytes:,} bytes (QUERY_MAX_RESULT_BYTES)",
+            )
+        return {**result, "rows": result["rows"][:index], "truncated": True, "total_rows": None}
+    return result
 
 
 def count_rows(query: pl.LazyFrame, frames: Mapping[str, pl.LazyFrame]) -> int:

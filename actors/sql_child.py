@@ -25,7 +25,7 @@ import polars as pl
 import chatdf
 from actors import landlock
 from actors.dataset_task import scan_local
-from actors.sql import collect_head, count_rows, plan_sql
+from actors.sql import cap_result_bytes, collect_head, count_rows, plan_sql
 from chatdf.errors import ChatdfError, SqlFailed
 
 _PR_SET_PDEATHSIG = 1
@@ -45,8 +45,9 @@ class QueryTable:
 @dataclass(frozen=True)
 class QueryLimits:
     max_rows: int
+    max_bytes: int  # of the rows' JSON
     memory_bytes: int
-    confine: bool  # False only when SQL_SANDBOX=off or Landlock is unavailable under "auto"
+    confine: bool = True  # the sandbox turns it off for SQL_SANDBOX=off or no Landlock (auto)
 
 
 def main(conn: Connection, sql: str, tables: list[QueryTable], limits: QueryLimits) -> None:
@@ -55,7 +56,7 @@ def main(conn: Connection, sql: str, tables: list[QueryTable], limits: QueryLimi
         _prepare_process(tables, limits)
         frames = {t.name: scan_local(Path(t.path), t.format) for t in tables}
         query = plan_sql(sql, frames)
-        result = collect_head(query, frames, limits.max_rows)
+        result = cap_result_bytes(collect_head(query, frames, limits.max_rows), limits.max_bytes)
         conn.send(("rows", result))
         if result["truncated"]:
             conn.send(("count", count_rows(query, frames)))

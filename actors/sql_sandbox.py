@@ -9,6 +9,7 @@ imported Polars once per Ray worker, so a query pays a fork (milliseconds), not 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import signal
@@ -29,14 +30,14 @@ _warned = False
 
 
 def run_confined(
-    sql: str, tables: list[QueryTable], max_rows: int, memory_bytes: int, mode: SandboxMode
+    sql: str, tables: list[QueryTable], limits: QueryLimits, mode: SandboxMode
 ) -> Iterator[tuple[str, Any]]:
     """Yields the child's items in order: ("rows", result), then ("count", n) when truncated.
 
     Also ("error", ChatdfError), ("missing", text) for a vanished file, ("denied", text) when
     the sandbox stopped a read. A process that dies (memory limit, crash) raises SqlFailed.
     """
-    limits = QueryLimits(max_rows=max_rows, memory_bytes=memory_bytes, confine=_confine(mode))
+    limits = dataclasses.replace(limits, confine=limits.confine and _confine(mode))
     context = _fork_server()
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=main, args=(sender, sql, tables, limits), daemon=True)
@@ -49,7 +50,7 @@ def run_confined(
             except EOFError:
                 process.join()
                 if process.exitcode not in (0, None):
-                    raise _died(process.exitcode, memory_bytes) from None
+                    raise _died(process.exitcode, limits.memory_bytes) from None
                 return
             yield item
     finally:

@@ -10,7 +10,7 @@ import contextlib
 from collections.abc import Generator, Iterator
 from typing import Any
 
-from actors.sql_child import QueryTable
+from actors.sql_child import QueryLimits, QueryTable
 from actors.sql_guard import check_sql
 from actors.sql_sandbox import run_confined
 from chatdf.errors import DETAILS_MAX_CHARS, ChatdfError, SqlFailed
@@ -80,9 +80,12 @@ def _local_table(table: dict[str, Any], settings: Settings) -> QueryTable:
 def _run_confined(
     sql: str, files: list[QueryTable], settings: Settings
 ) -> Generator[tuple[str, Any], None, None]:
-    for kind, value in run_confined(
-        sql, files, settings.query_max_rows, settings.query_memory_bytes, settings.sql_sandbox
-    ):
+    limits = QueryLimits(
+        max_rows=settings.query_max_rows,
+        max_bytes=settings.query_max_result_bytes,
+        memory_bytes=settings.query_memory_bytes,
+    )
+    for kind, value in run_confined(sql, files, limits, settings.sql_sandbox):
         if kind == "denied":
             raise SqlFailed(SANDBOX_DENIED, value[:DETAILS_MAX_CHARS])
         if kind == "error":

@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     query_max_rows: int = 1000
     query_memory_bytes: int = 2 * 1024**3
     max_sql_chars: int = 20_000
+    query_max_result_bytes: int = 8 * 1024**2  # the rows' JSON; past it rows are truncated
     # auto: run each query confined by Landlock where the kernel has it (else warn once);
     # required: refuse to run SQL without it; off: no file/network confinement (docs/sql.md).
     sql_sandbox: Literal["auto", "required", "off"] = "auto"

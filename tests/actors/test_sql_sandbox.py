@@ -43,8 +43,12 @@ def secret(tmp_path: Path) -> Path:
     return path
 
 
+def limits(memory: int = 512 * MiB, max_bytes: int = MiB) -> QueryLimits:
+    return QueryLimits(max_rows=100, max_bytes=max_bytes, memory_bytes=memory)
+
+
 def items(sql: str, tables: list[QueryTable], memory: int = 512 * MiB) -> list[tuple[str, Any]]:
-    return list(run_confined(sql, tables, 100, memory, "required"))
+    return list(run_confined(sql, tables, limits(memory), "required"))
 
 
 def test_the_query_reads_its_own_table(table: QueryTable) -> None:
@@ -103,7 +107,7 @@ def test_no_network_connection_is_opened(table: QueryTable, loopback_url: str) -
     assert got[0][0] == "error"
     assert CountingHandler.hits == 0
     # The same query unconfined does reach the server: the counter would have seen it.
-    list(run_confined(f"SELECT * FROM read_csv('{loopback_url}')", [table], 100, 512 * MiB, "off"))
+    list(run_confined(f"SELECT * FROM read_csv('{loopback_url}')", [table], limits(), "off"))
     assert CountingHandler.hits > 0
 
 
@@ -120,7 +124,7 @@ def test_memory_is_limited_for_real(table: QueryTable) -> None:
 
 
 def _environment_after_preparing(conn: Any) -> None:
-    _prepare_process([], QueryLimits(max_rows=1, memory_bytes=256 * MiB, confine=True))
+    _prepare_process([], limits(memory=256 * MiB))
     proc_environ = "readable"
     try:
         Path(f"/proc/{os.getppid()}/environ").read_bytes()
@@ -140,3 +144,15 @@ def test_the_query_process_holds_no_secret(monkeypatch: pytest.MonkeyPatch) -> N
     process.join()
     assert "GEMINI_API_KEY" not in environment and "DATABASE_URL" not in environment
     assert proc_environ == "denied"  # nor another process's environment through /proc
+
+
+def test_result_bytes_are_capped(table: QueryTable) -> None:
+    """Rows past QUERY_MAX_RESULT_BYTES are truncated; one row over it alone is refused."""
+    wide = "SELECT region, concat_ws('', region, region, region, region) AS s FROM table1"
+    got = list(run_confined(wide, [table], limits(max_bytes=16), "required"))
+    assert got[0][0] == "rows"
+    assert got[0][1]["rows"] == [["n", "nnnn"]] and got[0][1]["truncated"] is True
+    assert got[1] == ("count", 2)
+    got = list(run_confined(wide, [table], limits(max_bytes=8), "required"))
+    assert got[0][0] == "error"
+    assert got[0][1].error.startswith("The result is too large: one row alone is over 8 bytes")
