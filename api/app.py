@@ -204,6 +204,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     close_stale_loads(db, settings)
     app.state.db = db
     started_ray = connect_ray(settings)
+    if settings.dev_login_enabled:
+        log.warning(
+            "dev login is ON: POST /auth/dev-login signs in dev-made accounts without a "
+            "password%s (DEV_LOGIN=false turns it off)",
+            " from any client" if settings.dev_login_allow_remote else " from this machine",
+        )
     manager = ConnectionManager(settings)
     app.state.connection_manager = manager
     try:

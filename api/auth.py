@@ -14,14 +14,16 @@ from pydantic import BaseModel, Field
 from api.deps import COOKIE_NAME, CurrentUser, DbDep, SettingsDep, token_from
 from chatdf.db import Database, User
 from chatdf.errors import BadRequest, Forbidden, NotFound, UpstreamFailed
-from chatdf.settings import Settings
+from chatdf.settings import Settings, is_loopback_host
 from chatdf.store import (
     DEV_USER_EMAIL,
+    claim_for_google,
     create_oauth_state,
     create_session,
     delete_session,
     find_user,
     get_or_create_user,
+    made_by_dev_login,
     pop_oauth_state,
     redeem_referral_key,
     referral_key_usable,
@@ -29,6 +31,22 @@ from chatdf.store import (
 )
 
 router = APIRouter(prefix="/auth", tags=["auth"])
+
+DEV_LOGIN_NOT_YOURS = "Dev login signs in only accounts that dev login created"
+DEV_LOGIN_LOCAL_ONLY = (
+    "Dev login answers only requests made on this machine, not through a proxy "
+    "(DEV_LOGIN_ALLOW_REMOTE=true lifts this)"
+)
+# Any of these means a proxy relayed the request: its real client is elsewhere.
+FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
+
+
+def from_this_machine(request: Request) -> bool:
+    """A loopback peer that no proxy relayed (uvicorn replaces a trusted proxy's peer address
+    with X-Forwarded-For, so a relayed request usually fails the first test already)."""
+    client = request.client.host if request.client else ""
+    relayed = any(name in request.headers for name in FORWARDING_HEADERS)
+    return is_loopback_host(client) and not relayed
 
 
 class DevLoginBody(BaseModel):
@@ -54,14 +72,28 @@ def set_session_cookie(response: Response, token: str, settings: Settings) -> No
 
 
 def sign_in(
-    db: Database, settings: Settings, email: str, name: str, avatar: str | None, key: str | None
+    db: Database,
+    settings: Settings,
+    email: str,
+    name: str,
+    avatar: str | None,
+    key: str | None,
+    method: str,
 ) -> tuple[str, dict[str, Any]]:
-    """Finds or creates the user (spending a referral key on sign-up) and opens a session."""
+    """Finds or creates the user (spending a referral key on sign-up) and opens a session.
+
+    `method` is "dev" or "google". Dev login never signs in an account it did not create;
+    Google sign-in claims a dev-made account of the same (now proven) email.
+    """
     with db.session() as s:
         existing = find_user(s, email)
+        if existing is not None and method == "dev" and not made_by_dev_login(existing):
+            raise Forbidden(DEV_LOGIN_NOT_YOURS)
+        if existing is not None and method == "google":
+            claim_for_google(s, existing)
         if existing is None and settings.require_referral_key and not referral_key_usable(s, key):
             raise Forbidden("A valid, unused referral key is required to sign up")
-        user, created = get_or_create_user(s, email, name, avatar)
+        user, created = get_or_create_user(s, email, name, avatar, signed_up_with=method)
         if created and settings.require_referral_key:
             redeem_referral_key(s, key, user.id)
         token = create_session(s, user.id, settings.session_ttl_s)
@@ -70,16 +102,22 @@ def sign_in(
 
 @router.post("/dev-login")
 def dev_login(
-    response: Response, db: DbDep, settings: SettingsDep, body: DevLoginBody | None = None
+    request: Request,
+    response: Response,
+    db: DbDep,
+    settings: SettingsDep,
+    body: DevLoginBody | None = None,
 ) -> dict[str, Any]:
     """Signs in without Google (local development only); no email means the local dev user."""
     if not settings.dev_login_enabled:
         raise NotFound("Dev login is disabled")
+    if not settings.dev_login_allow_remote and not from_this_machine(request):
+        raise Forbidden(DEV_LOGIN_LOCAL_ONLY)
     body = body or DevLoginBody()
     email = (body.email or DEV_USER_EMAIL).strip().lower()
     if "@" not in email or len(email) < 3:
         raise BadRequest("Invalid email address")
-    token, user = sign_in(db, settings, email, body.name or "", None, body.referral_key)
+    token, user = sign_in(db, settings, email, body.name or "", None, body.referral_key, "dev")
     set_session_cookie(response, token, settings)
     return {"token": token, "user": user}
 
@@ -127,6 +165,7 @@ async def google_callback(
         str(profile.get("name") or ""),
         profile.get("picture"),
         saved.referral_key,
+        "google",
     )
     response = RedirectResponse(settings.app_url, status_code=302)
     set_session_cookie(response, token, settings)

@@ -76,6 +76,9 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(200), default="")
     avatar_url: Mapped[str | None] = mapped_column(String(1000), nullable=True)
     google_sub: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
+    # "dev" or "google": how the account was made. Dev login signs in only "dev" accounts
+    # (NULL: made before this column; only the built-in local dev user counts as dev).
+    signed_up_with: Mapped[str | None] = mapped_column(String(20), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

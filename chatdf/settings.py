@@ -34,6 +34,7 @@ class Settings(BaseSettings):
 
     # Auth
     dev_login: bool | None = None  # None: on only when bound to loopback
+    dev_login_allow_remote: bool = False  # also answer non-loopback or proxied requests
     require_referral_key: bool = False
     session_ttl_s: int = 7 * DAY_S
     app_url: str = "/"  # where the OAuth callback redirects the browser

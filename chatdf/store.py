@@ -44,13 +44,22 @@ def user_json(user: User) -> dict[str, Any]:
 
 
 def get_or_create_user(
-    db: Session, email: str, name: str = "", avatar_url: str | None = None
+    db: Session,
+    email: str,
+    name: str = "",
+    avatar_url: str | None = None,
+    signed_up_with: str | None = None,
 ) -> tuple[User, bool]:
     """The user with this email, and whether it was just created."""
     user = db.scalar(select(User).where(User.email == email))
     if user is not None:
         return user, False
-    user = User(email=email, name=name or email.split("@")[0], avatar_url=avatar_url)
+    user = User(
+        email=email,
+        name=name or email.split("@")[0],
+        avatar_url=avatar_url,
+        signed_up_with=signed_up_with,
+    )
     db.add(user)
     db.flush()
     return user, True
@@ -58,6 +67,20 @@ def get_or_create_user(
 
 def find_user(db: Session, email: str) -> User | None:
     return db.scalar(select(User).where(User.email == email))
+
+
+def made_by_dev_login(user: User) -> bool:
+    return user.signed_up_with == "dev" or (
+        user.signed_up_with is None and user.email == DEV_USER_EMAIL
+    )
+
+
+def claim_for_google(db: Session, user: User) -> None:
+    """Google proved this email: an account dev login made for it becomes a Google account,
+    and every session opened before (by whoever used dev login with that email) ends."""
+    if user.signed_up_with != "google":
+        user.signed_up_with = "google"
+        db.execute(delete(UserSession).where(UserSession.user_id == user.id))
 
 
 def create_session(db: Session, user_id: str, ttl_s: int) -> str:

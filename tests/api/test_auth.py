@@ -393,3 +393,68 @@ def test_google_referral_rules(serve: Serve, google: FakeOAuthProvider, db: Data
     assert sign_in("g1@example.com", None).status_code == 302
     with db.session() as s:
         assert {u.email for u in s.scalars(select(User))} == {"g1@example.com"}
+
+
+# Dev login cannot take over accounts (issue 10) -------------------------------------------
+
+
+def test_dev_login_cannot_sign_in_a_google_account(
+    serve: Serve, google: FakeOAuthProvider, db: Database
+) -> None:
+    server = google_server(serve, google)
+    params = start_google(server)
+    r = callback(server, google.register_code(Profile(email="victim@example.com")), params["state"])
+    assert r.status_code == 302, r.text
+    attempt = dev_login(server, email="victim@example.com")
+    assert_error(attempt, 403)
+    assert attempt.json()["error"] == "Dev login signs in only accounts that dev login created"
+    assert "set-cookie" not in attempt.headers
+
+
+def test_google_sign_in_claims_a_dev_made_account_and_ends_its_sessions(
+    serve: Serve, google: FakeOAuthProvider
+) -> None:
+    """An account pre-made through dev login with someone's email: once Google proves the
+    email, the old dev sessions stop working and dev login no longer reaches the account."""
+    server = google_server(serve, google)
+    squatter = dev_login(server, email="owner@example.com").json()["token"]
+    params = start_google(server)
+    r = callback(server, google.register_code(Profile(email="owner@example.com")), params["state"])
+    assert r.status_code == 302, r.text
+    with server.client(token=squatter) as client:
+        assert client.get("/auth/me").status_code == 401
+    assert_error(dev_login(server, email="owner@example.com"), 403)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"X-Forwarded-For": "203.0.113.7"},
+        {"Forwarded": "for=203.0.113.7"},
+        {"X-Real-IP": "203.0.113.7"},
+        {"X-Forwarded-Host": "chat.example.com"},
+    ],
+)
+def test_dev_login_refuses_requests_relayed_by_a_proxy(
+    serve: Serve, header: dict[str, str]
+) -> None:
+    server = serve()
+    with server.client() as anon:
+        r = anon.post("/auth/dev-login", json={"email": "someone@example.com"}, headers=header)
+    assert_error(r, 403)
+    assert "not through a proxy" in r.json()["error"]
+    with server.client() as anon:  # the same request made on this machine works
+        assert (
+            anon.post("/auth/dev-login", json={"email": "someone@example.com"}).status_code == 200
+        )
+
+
+def test_dev_login_allow_remote_lifts_the_proxy_rule(serve: Serve) -> None:
+    server = serve(dev_login_allow_remote=True)
+    with server.client() as anon:
+        r = anon.post(
+            "/auth/dev-login",
+            json={"email": "x@example.com"},
+            headers={"X-Forwarded-For": "1.2.3.4"},
+        )
+    assert r.status_code == 200
