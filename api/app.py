@@ -18,7 +18,7 @@ from starlette.datastructures import Headers
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import auth, chat, conversations, datasets, health, usage
+from api import auth, chat, conversations, datasets, embedded_ray, health, usage
 from api.deps import COOKIE_NAME, NOT_SIGNED_IN, authenticate, token_from
 from api.errors import error_response, install_error_handlers
 from chatdf.db import Database, Dataset, utcnow
@@ -74,12 +74,16 @@ def _init_ray(settings: Settings) -> None:
     import ray
 
     if settings.ray_address:
+        if os.environ.get(embedded_ray.AUTH_MODE, "").strip().lower() != "token":
+            log.warning(
+                "RAY_AUTH_MODE is not 'token': joining the cluster without Ray token "
+                "authentication (docs/security.md says how to set the token on every node)"
+            )
         ray.init(
             address=settings.ray_address, namespace=settings.ray_namespace, log_to_driver=False
         )
     else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(
+        embedded_ray.start(
             num_cpus=settings.ray_num_cpus,
             include_dashboard=False,
             namespace=settings.ray_namespace,
@@ -218,9 +222,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await manager.close_all()
         db.dispose()
         if started_ray:
-            import ray
-
-            ray.shutdown()
+            embedded_ray.stop()
 
 
 def create_app(settings: Settings) -> FastAPI:

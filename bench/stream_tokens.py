@@ -25,11 +25,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import ray  # noqa: E402
 
+from api import embedded_ray  # noqa: E402
 from chatdf.settings import Settings  # noqa: E402
 from tests.fakes.fake_gemini import FakeGemini  # noqa: E402
 from tests.live import LiveServer  # noqa: E402
@@ -72,7 +72,9 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=5000, help="chunks the model streams")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="chatdf-bench")
+    embedded_ray.start(
+        num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="chatdf-bench"
+    )
     results: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp, FakeGemini() as fake:
         settings = Settings(
@@ -90,7 +92,7 @@ def main() -> int:
                 print(f"[bench] run {n + 1}/{args.runs}: {results[-1]}", flush=True)
         finally:
             server.stop()
-    ray.shutdown()
+    embedded_ray.stop()
     summary: dict[str, Any] = {
         "tokens_per_answer": args.tokens,
         "runs": args.runs,

@@ -14,7 +14,7 @@ if [ -z "${POSTGRES_TEST_URL:-}" ]; then
     echo "[test] no PostgreSQL server here: tests marked 'postgres' will be skipped"
   fi
 fi
-export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
+export RAY_USAGE_STATS_ENABLED=0
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import ray
 
+from api import embedded_ray
 from chatdf.settings import Settings
 from tests.fakes.fake_data_server import data_server
 from tests.fakes.fake_gemini import fake_gemini, gemini_settings
@@ -17,15 +18,15 @@ from tests.live import LiveServer
 
 __all__ = ["data_server", "fake_gemini", "gemini_settings"]
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
-    """A single real Ray instance shared by every test that needs Ray (init costs ~3-4 s)."""
+    """A single real Ray instance shared by every test that needs Ray (init costs ~3-4 s),
+    started as the edge starts its embedded Ray: loopback only, token authentication on."""
     if not ray.is_initialized():
-        ray.init(
+        embedded_ray.start(
             num_cpus=4,
             include_dashboard=False,
             namespace="chatdf-tests",
@@ -33,7 +34,7 @@ def ray_session() -> Iterator[None]:
             configure_logging=False,
         )
     yield
-    ray.shutdown()
+    embedded_ray.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,115 @@
+"""The embedded single-node Ray that `chatdf serve` starts: bound to loopback, token auth on.
+
+Ray 2.60 has no bind-address option. Its GCS, raylet (node manager and object manager) and
+worker gRPC servers listen on 127.0.0.1 only when the node's IP is literally "127.0.0.1", and
+otherwise on every interface; the agents and metrics exporters follow the node IP. `ray.init`
+turns a requested `_node_ip_address="127.0.0.1"` into the machine's routable address unless Ray
+believes it runs as a single machine (its `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` mode, the default
+on macOS and Windows). We switch that mode on around `ray.init`, then check the node IP Ray chose.
+
+Token authentication: a new local Ray of 2.60 turns `RAY_AUTH_MODE=token` on by itself when the
+variable is unset (and refreshes Ray's cached configuration, which a variable set after `import
+ray` would not). We therefore unset it; an operator's `RAY_AUTH_MODE=disabled` is overridden.
+The token is the operator's (`RAY_AUTH_TOKEN` or `RAY_AUTH_TOKEN_PATH`), else a random one per
+start, written to a private file that every Ray process reads through `RAY_AUTH_TOKEN_PATH`
+(so the secret itself is in no process environment and in no log) and removed by `stop()`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+AUTH_MODE = "RAY_AUTH_MODE"
+AUTH_TOKEN = "RAY_AUTH_TOKEN"
+AUTH_TOKEN_PATH = "RAY_AUTH_TOKEN_PATH"
+SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+LOOPBACK = "127.0.0.1"
+
+_generated_token_dir: Path | None = None
+
+
+def start(**init_kwargs: Any) -> None:
+    """`ray.init` of a new local Ray that listens on loopback only and requires the token."""
+    import ray
+
+    _require_token_auth()
+    with _single_machine():
+        ray.init(_node_ip_address=LOOPBACK, **init_kwargs)
+    try:
+        _check_started()
+    except BaseException:
+        stop()
+        raise
+
+
+def stop() -> None:
+    """Shuts the embedded Ray down and removes the token file generated for it, if any."""
+    import ray
+
+    global _generated_token_dir
+    ray.shutdown()
+    if _generated_token_dir is not None:
+        if os.environ.get(AUTH_TOKEN_PATH, "").startswith(str(_generated_token_dir)):
+            del os.environ[AUTH_TOKEN_PATH]
+        shutil.rmtree(_generated_token_dir, ignore_errors=True)
+        _generated_token_dir = None
+
+
+def _require_token_auth() -> None:
+    global _generated_token_dir
+    mode = os.environ.pop(AUTH_MODE, None)
+    if mode is not None and mode.strip().lower() != "token":
+        log.warning("%s=%s ignored: the embedded Ray always requires its token", AUTH_MODE, mode)
+    if os.environ.get(AUTH_TOKEN) or os.environ.get(AUTH_TOKEN_PATH):
+        return  # the operator's token
+    directory = Path(tempfile.mkdtemp(prefix="chatdf-ray-auth-"))  # mode 0700
+    path = directory / "token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_hex(32))  # 256 bits, as Ray's own generator
+    _generated_token_dir = directory
+    os.environ[AUTH_TOKEN_PATH] = str(path)
+
+
+@contextmanager
+def _single_machine() -> Iterator[None]:
+    """Ray's single-machine mode, in which the node IP stays loopback. Ray read the variable
+    when it was imported, so the module constant is set too; the processes `ray.init` spawns
+    read the variable. Both are put back afterwards (the node IP is fixed by then)."""
+    from ray._private import ray_constants
+
+    saved_env = os.environ.get(SINGLE_MACHINE)
+    saved_constant = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[SINGLE_MACHINE] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_constant
+        if saved_env is None:
+            os.environ.pop(SINGLE_MACHINE, None)
+        else:
+            os.environ[SINGLE_MACHINE] = saved_env
+
+
+def _check_started() -> None:
+    """Refuses to run on a Ray that would listen beyond loopback or accept anyone."""
+    import ray
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+    node_ip = ray.get_runtime_context().gcs_address.rsplit(":", 1)[0].strip("[]")
+    if not ipaddress.ip_address(node_ip).is_loopback:
+        raise RuntimeError(f"the embedded Ray took node IP {node_ip}, not loopback")
+    if not is_token_auth_enabled():
+        raise RuntimeError("the embedded Ray started without token authentication")
