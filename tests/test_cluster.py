@@ -2,14 +2,16 @@
 
 Head and worker are real `ray start` processes (on loopback, their own temp dir); the edges are
 real `chatdf serve` processes with RAY_ADDRESS set, sharing one database (PostgreSQL when the
-test server is available, else one SQLite file). One user's sockets on both edges get the events
-of work started through either edge.
+test server is available, else one SQLite file). Every node and edge has the same Ray token, as
+docs/security.md tells operators to set it. One user's sockets on both edges get the events of
+work started through either edge; a client without the token is refused.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from websockets.sync.client import connect
 
 from tests.live import free_port
 from tests.pg import SERVER_URL, fresh_database
+from tests.test_serve import GCS_KEYS
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -69,11 +72,12 @@ def database_url(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, database_url: str) -> Iterator[tuple[str, str]]:
-    """Head + worker Ray nodes and two edges; yields the two edges' URLs."""
+def cluster(tmp_path: Path, database_url: str) -> Iterator[tuple[str, str, str]]:
+    """Head + worker Ray nodes and two edges; yields the two edges' URLs and the GCS address."""
     ray_port, port_a, port_b = free_port(), free_port(), free_port()
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    env.pop("RAY_ADDRESS", None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_"))}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    env.update(RAY_USAGE_STATS_ENABLED="0")
     common = ["--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
     # Ray's unix sockets live under the temp dir and must stay under 107 bytes.
     ray_tmp = Path(tempfile.mkdtemp(prefix="cdf-", dir="/tmp"))
@@ -135,7 +139,7 @@ def cluster(tmp_path: Path, database_url: str) -> Iterator[tuple[str, str]]:
     try:
         for url in urls:
             wait_healthy(url, nodes=2, logs=logs)
-        yield urls
+        yield (*urls, f"127.0.0.1:{ray_port}")
     finally:
         stop(procs)
         shutil.rmtree(ray_tmp, ignore_errors=True)
@@ -148,8 +152,8 @@ def next_of(ws: object, type_: str) -> dict[str, object]:
             return frame  # type: ignore[no-any-return]
 
 
-def test_two_edges_on_a_two_node_cluster(cluster: tuple[str, str]) -> None:
-    url_a, url_b = cluster
+def test_two_edges_on_a_two_node_cluster(cluster: tuple[str, str, str], tmp_path: Path) -> None:
+    url_a, url_b, gcs = cluster
     token = httpx.post(f"{url_a}/auth/dev-login", json={"email": "c@example.com"}).json()["token"]
     auth = {"Authorization": f"Bearer {token}"}
     conv = httpx.post(f"{url_b}/conversations", headers=auth).json()["id"]
@@ -180,3 +184,12 @@ def test_two_edges_on_a_two_node_cluster(cluster: tuple[str, str]) -> None:
         httpx.get(f"{url_a}/usage", headers=auth).json()
         == httpx.get(f"{url_b}/usage", headers=auth).json()
     )
+    without_token = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")}
+    refused = subprocess.run(
+        [sys.executable, "-c", GCS_KEYS, gcs],
+        env=dict(without_token, HOME=str(tmp_path)),  # no ~/.ray/auth_token either
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode != 0 and "AuthenticationError" in refused.stderr, refused.stdout

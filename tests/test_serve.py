@@ -1,10 +1,14 @@
-"""The `chatdf serve` command as a newcomer runs it: its own embedded Ray, SQLite, sample data."""
+"""The `chatdf serve` command as a newcomer runs it: its own embedded Ray, SQLite, sample data;
+that Ray listens on loopback only and refuses clients without its token."""
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil  # Ray's bundled copy, on sys.path once conftest.py has imported ray
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -31,10 +36,11 @@ class Served:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    """`chatdf serve` in a subprocess with a fresh data dir."""
+    """`chatdf serve` in a subprocess with a fresh data dir and no Ray token of its own."""
     port = free_port()
     log = tmp_path / "serve.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "DATABASE_URL"))}
+    dropped = ("RAY_ADDRESS", "DATABASE_URL", "RAY_AUTH_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
     env.update(
         DATA_DIR=str(tmp_path / "data"),
         HEARTBEAT_INTERVAL="0.5",
@@ -123,3 +129,86 @@ def test_sigterm_shuts_down_gracefully(served: Served) -> None:
     text = served.log.read_text()
     assert "Traceback" not in text and "SIGTERM received" not in text, text
     assert "Application shutdown complete" in text
+
+
+def ray_processes(served: Served) -> list[psutil.Process]:
+    """The embedded Ray's processes (GCS, raylet, agents, workers) once the edge has used them:
+    a socket (the user's session actor) and a dataset load (a task worker)."""
+    url = served.url
+    token = httpx.post(f"{url}/auth/dev-login", json={}).json()["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    conv = httpx.post(f"{url}/conversations", headers=auth).json()["id"]
+    with connect(f"ws://127.0.0.1:{url.rsplit(':', 1)[1]}/ws?token={token}") as ws:
+        r = httpx.post(
+            f"{url}/conversations/{conv}/datasets",
+            headers=auth,
+            json={"url": f"{url}/samples/sales.parquet"},
+            timeout=60,
+        )
+        assert r.status_code == 201, r.text
+        while json.loads(ws.recv(timeout=60))["type"] != "dataset_loaded":
+            pass
+    procs: list[psutil.Process] = psutil.Process(served.proc.pid).children(recursive=True)
+    names = [" ".join(p.cmdline()) for p in procs]
+    for part in ("gcs_server", "raylet", "DashboardAgent", "RuntimeEnvAgent", "SessionActor"):
+        assert any(part in name for name in names), (part, names)
+    return procs
+
+
+def is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip.split("%")[0])
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return (mapped or address).is_loopback
+
+
+@pytest.mark.slow
+def test_embedded_ray_listens_on_loopback_only(served: Served) -> None:
+    """`--host 127.0.0.1` must not put Ray's GCS, raylet, object manager, agents, metrics
+    exporters or worker servers on another interface (0.0.0.0, ::, or the machine's IP)."""
+    exposed = []
+    for proc in ray_processes(served):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for conn in proc.net_connections(kind="inet"):
+                bound = conn.status == psutil.CONN_LISTEN or conn.type == socket.SOCK_DGRAM
+                if bound and not is_loopback(conn.laddr.ip):
+                    exposed.append((proc.name(), conn.laddr.ip, conn.laddr.port))
+    assert exposed == []
+
+
+GCS_KEYS = """
+import sys
+from ray._raylet import GcsClient
+print(len(GcsClient(address=sys.argv[1]).internal_kv_keys(b"", None)))
+"""
+
+
+@pytest.mark.slow
+def test_embedded_ray_refuses_clients_without_its_token(served: Served, tmp_path: Path) -> None:
+    """A client with no token, or another token, cannot read the GCS key-value store (which
+    would mean running code in the cluster); the edge's own token can. It is never logged."""
+    procs = ray_processes(served)
+    gcs = next(p for p in procs if p.name() == "gcs_server")
+    port = next(c.laddr.port for c in gcs.net_connections("tcp") if c.status == psutil.CONN_LISTEN)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")}
+    clean["HOME"] = str(tmp_path)  # no ~/.ray/auth_token to fall back on
+
+    def read_kv(**auth: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", GCS_KEYS, f"127.0.0.1:{port}"],
+            env=dict(clean, **auth),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    for auth in ({}, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}):
+        refused = read_kv(**auth)
+        assert refused.returncode != 0, (auth, refused.stdout)
+        assert "AuthenticationError" in refused.stderr, refused.stderr[-2000:]
+    ray_env = gcs.environ()  # the Ray processes get the token file's path, not the token
+    token_path = ray_env["RAY_AUTH_TOKEN_PATH"]
+    token = Path(token_path).read_text()
+    assert "RAY_AUTH_TOKEN" not in ray_env and ray_env["RAY_AUTH_MODE"] == "token"
+    allowed = read_kv(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token_path)
+    assert allowed.returncode == 0 and int(allowed.stdout) > 0, allowed.stderr[-2000:]
+    assert len(token) == 64 and token not in served.log.read_text()
