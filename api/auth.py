@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
+from authlib.integrations.base_client.errors import OAuthError
+from authlib.integrations.httpx_client import AsyncOAuth2Client
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field
 
 from api.deps import COOKIE_NAME, CurrentUser, DbDep, SettingsDep, token_from
-from chatdf.db import Database, User
+from api.rate_limit import SignInRateLimit
+from chatdf.db import Database, OAuthState, User
 from chatdf.errors import BadRequest, Forbidden, NotFound, UpstreamFailed
 from chatdf.settings import Settings, is_loopback_host
 from chatdf.store import (
@@ -21,6 +23,7 @@ from chatdf.store import (
     create_oauth_state,
     create_session,
     delete_session,
+    find_google_user,
     find_user,
     get_or_create_user,
     made_by_dev_login,
@@ -31,6 +34,8 @@ from chatdf.store import (
 )
 
 router = APIRouter(prefix="/auth", tags=["auth"])
+
+OAUTH_COOKIE = "oauth_browser"  # binds a sign-in's state to the browser that started it
 
 DEV_LOGIN_NOT_YOURS = "Dev login signs in only accounts that dev login created"
 DEV_LOGIN_LOCAL_ONLY = (
@@ -79,28 +84,38 @@ def sign_in(
     avatar: str | None,
     key: str | None,
     method: str,
+    google_sub: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Finds or creates the user (spending a referral key on sign-up) and opens a session.
 
-    `method` is "dev" or "google". Dev login never signs in an account it did not create;
-    Google sign-in claims a dev-made account of the same (now proven) email.
+    `method` is "dev" or "google". Google accounts are keyed on Google's stable `sub`; dev
+    login never signs in an account it did not create; Google sign-in claims a dev-made
+    account of the same (now proven) email.
     """
     with db.session() as s:
-        existing = find_user(s, email)
+        if method == "google" and google_sub:
+            existing = find_google_user(s, google_sub, email)
+        else:
+            existing = find_user(s, email)
         if existing is not None and method == "dev" and not made_by_dev_login(existing):
             raise Forbidden(DEV_LOGIN_NOT_YOURS)
         if existing is not None and method == "google":
             claim_for_google(s, existing)
         if existing is None and settings.require_referral_key and not referral_key_usable(s, key):
             raise Forbidden("A valid, unused referral key is required to sign up")
-        user, created = get_or_create_user(s, email, name, avatar, signed_up_with=method)
+        if existing is not None:
+            user, created = existing, False
+        else:
+            user, created = get_or_create_user(
+                s, email, name, avatar, signed_up_with=method, google_sub=google_sub
+            )
         if created and settings.require_referral_key:
             redeem_referral_key(s, key, user.id)
         token = create_session(s, user.id, settings.session_ttl_s)
         return token, user_json(user)
 
 
-@router.post("/dev-login")
+@router.post("/dev-login", dependencies=[SignInRateLimit])
 def dev_login(
     request: Request,
     response: Response,
@@ -122,40 +137,50 @@ def dev_login(
     return {"token": token, "user": user}
 
 
-@router.post("/google")
+@router.post("/google", dependencies=[SignInRateLimit])
 def google_login(
-    db: DbDep, settings: SettingsDep, body: GoogleLoginBody | None = None
+    response: Response, db: DbDep, settings: SettingsDep, body: GoogleLoginBody | None = None
 ) -> dict[str, str]:
     """Starts the Google OAuth flow: returns the consent URL carrying a CSRF state."""
     body = body or GoogleLoginBody()
     with db.session() as s:
-        state = create_oauth_state(s, body.referral_key)
-    params = {
-        "client_id": settings.google_client_id,
-        "redirect_uri": settings.google_redirect_uri,
-        "response_type": "code",
-        "scope": "openid email profile",
-        "state": state,
-        "access_type": "online",
-        "prompt": "select_account",
-    }
-    return {"redirect_url": f"{settings.google_auth_url}?{urlencode(params)}"}
+        new = create_oauth_state(s, body.referral_key, settings.oauth_state_ttl_s)
+    # The state works only in the browser holding this cookie (login CSRF), and only with
+    # the PKCE verifier kept here (a stolen code is useless).
+    response.set_cookie(
+        OAUTH_COOKIE,
+        new.browser_secret,
+        max_age=settings.oauth_state_ttl_s,
+        httponly=True,
+        samesite="lax",
+        secure=settings.cookie_secure,
+        path="/auth/google",
+    )
+    url, _state = google_client(settings).create_authorization_url(
+        settings.google_auth_url,
+        state=new.state,
+        code_verifier=new.code_verifier,
+        access_type="online",
+        prompt="select_account",
+    )
+    return {"redirect_url": url}
 
 
-@router.get("/google/callback")
+@router.get("/google/callback", dependencies=[SignInRateLimit])
 async def google_callback(
-    db: DbDep, settings: SettingsDep, code: str = "", state: str = ""
+    request: Request, db: DbDep, settings: SettingsDep, code: str = "", state: str = ""
 ) -> RedirectResponse:
     """Finishes OAuth: checks state, trades the code for the profile, signs the user in."""
-    with db.session() as s:
-        saved = pop_oauth_state(s, state, settings.oauth_state_ttl_s)
-    if saved is None:
+    browser_secret = request.cookies.get(OAUTH_COOKIE)
+    saved = await asyncio.to_thread(_pop_state, db, state, browser_secret, settings)
+    if saved is None or not saved.code_verifier:
         raise Forbidden("OAuth state mismatch; start the sign-in again")
     if not code:
         raise BadRequest("Missing authorization code")
-    profile = await fetch_google_profile(settings, code)
+    profile = await fetch_google_profile(settings, code, saved.code_verifier)
     email = str(profile.get("email") or "").lower()
-    if not email or profile.get("email_verified") is False:
+    sub = str(profile.get("sub") or "")
+    if not email or not sub or profile.get("email_verified") is False:
         raise BadRequest("Google did not return a verified email address")
     token, _user = await asyncio.to_thread(
         sign_in,
@@ -166,31 +191,45 @@ async def google_callback(
         profile.get("picture"),
         saved.referral_key,
         "google",
+        sub,
     )
     response = RedirectResponse(settings.app_url, status_code=302)
     set_session_cookie(response, token, settings)
+    response.delete_cookie(OAUTH_COOKIE, path="/auth/google")
     return response
 
 
-async def fetch_google_profile(settings: Settings, code: str) -> dict[str, Any]:
+def _pop_state(
+    db: Database, state: str, browser_secret: str | None, settings: Settings
+) -> OAuthState | None:
+    with db.session() as s:
+        return pop_oauth_state(s, state, browser_secret, settings.oauth_state_ttl_s)
+
+
+def google_client(settings: Settings) -> AsyncOAuth2Client:
+    """Authlib's OAuth 2.0 client for Google: authorization code with PKCE (S256)."""
+    return AsyncOAuth2Client(
+        client_id=settings.google_client_id,
+        client_secret=settings.google_client_secret.get_secret_value(),
+        redirect_uri=settings.google_redirect_uri,
+        scope="openid email profile",
+        code_challenge_method="S256",
+        token_endpoint_auth_method="client_secret_post",
+        timeout=10,
+    )
+
+
+async def fetch_google_profile(settings: Settings, code: str, verifier: str) -> dict[str, Any]:
+    """Trades the code (with its PKCE verifier) for a token, then reads the OpenID profile."""
     try:
-        async with httpx.AsyncClient(timeout=10) as client:
-            tok = await client.post(
-                settings.google_token_url,
-                data={
-                    "code": code,
-                    "client_id": settings.google_client_id,
-                    "client_secret": settings.google_client_secret.get_secret_value(),
-                    "redirect_uri": settings.google_redirect_uri,
-                    "grant_type": "authorization_code",
-                },
-            )
-            if tok.status_code != 200:
-                raise BadRequest("Invalid authorization code", tok.text[:200])
-            access = tok.json().get("access_token")
-            info = await client.get(
-                settings.google_userinfo_url, headers={"Authorization": f"Bearer {access}"}
-            )
+        async with google_client(settings) as client:
+            try:
+                await client.fetch_token(
+                    settings.google_token_url, code=code, code_verifier=verifier
+                )
+            except OAuthError as exc:
+                raise BadRequest("Invalid authorization code", str(exc)[:200]) from None
+            info = await client.get(settings.google_userinfo_url)
             if info.status_code != 200:
                 raise BadRequest("Could not read the Google profile", info.text[:200])
             data: dict[str, Any] = info.json()

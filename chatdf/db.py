@@ -103,6 +103,8 @@ class OAuthState(Base):
     __tablename__ = "oauth_states"
     state: Mapped[str] = mapped_column(String(64), primary_key=True)
     referral_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    code_verifier: Mapped[str | None] = mapped_column(String(128), nullable=True)  # PKCE
+    browser_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)  # its cookie
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -55,6 +55,10 @@ class OverBudget(ChatdfError):
         self.args = (error, details, resets_in_seconds)
 
 
+class TooManyRequests(ChatdfError):
+    status = 429
+
+
 class UpstreamFailed(ChatdfError):
     """A dataset URL did not answer as it should."""
 

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     google_token_url: str = "https://oauth2.googleapis.com/token"
     google_userinfo_url: str = "https://openidconnect.googleapis.com/v1/userinfo"
     oauth_state_ttl_s: int = 600
+    auth_rate_limit: str = "30/minute"  # sign-in requests per client address and edge
     cookie_secure: bool = False
 
     # WebSocket
@@ -121,6 +122,17 @@ class Settings(BaseSettings):
     def resolved_cache_dir(self) -> Path:
         """Node-local directory for downloaded dataset files."""
         return Path(self.dataset_cache_dir or Path(self.data_dir) / "cache").resolve()
+
+    @field_validator("auth_rate_limit")
+    @classmethod
+    def _check_rate(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError("not a rate such as 30/minute or 5/second") from None
+        return value
 
     @field_validator("dataset_allowed_networks")
     @classmethod

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -49,6 +51,7 @@ def get_or_create_user(
     name: str = "",
     avatar_url: str | None = None,
     signed_up_with: str | None = None,
+    google_sub: str | None = None,
 ) -> tuple[User, bool]:
     """The user with this email, and whether it was just created."""
     user = db.scalar(select(User).where(User.email == email))
@@ -59,6 +62,7 @@ def get_or_create_user(
         name=name or email.split("@")[0],
         avatar_url=avatar_url,
         signed_up_with=signed_up_with,
+        google_sub=google_sub,
     )
     db.add(user)
     db.flush()
@@ -67,6 +71,24 @@ def get_or_create_user(
 
 def find_user(db: Session, email: str) -> User | None:
     return db.scalar(select(User).where(User.email == email))
+
+
+def find_google_user(db: Session, sub: str, email: str) -> User | None:
+    """The account of this Google identity: by its stable `sub`, else an account of the same
+    email not yet linked to any Google identity (then linked). An email already linked to a
+    different `sub` (Google reassigned it) is not taken over."""
+    user = db.scalar(select(User).where(User.google_sub == sub))
+    if user is not None:
+        if user.email != email and find_user(db, email) is None:
+            user.email = email  # the address changed at Google
+        return user
+    user = find_user(db, email)
+    if user is None:
+        return None
+    if user.google_sub is not None:
+        raise Forbidden("This email address belongs to another Google account here")
+    user.google_sub = sub
+    return user
 
 
 def made_by_dev_login(user: User) -> bool:
@@ -85,6 +107,7 @@ def claim_for_google(db: Session, user: User) -> None:
 
 def create_session(db: Session, user_id: str, ttl_s: int) -> str:
     """A new session for the user; returns the raw token (only its hash is stored)."""
+    purge_expired_sessions(db)
     token = secrets.token_urlsafe(32)
     db.add(
         UserSession(
@@ -145,14 +168,37 @@ def referral_key_usable(db: Session, key: str | None) -> bool:
     return row is not None and row.used_by is None
 
 
-def create_oauth_state(db: Session, referral_key: str | None) -> str:
-    state = secrets.token_urlsafe(32)
-    db.add(OAuthState(state=state, referral_key=referral_key))
-    return state
+@dataclass(frozen=True)
+class NewOAuthState:
+    state: str  # goes to Google and back in the URL
+    code_verifier: str  # PKCE: stays here, sent only with the code
+    browser_secret: str  # goes to this browser only, as a short-lived cookie
 
 
-def pop_oauth_state(db: Session, state: str, ttl_s: int) -> OAuthState | None:
-    """Consumes a CSRF state: each state works once and only within its lifetime."""
+def create_oauth_state(db: Session, referral_key: str | None, ttl_s: int) -> NewOAuthState:
+    """A single-use CSRF state bound to one browser, with its PKCE verifier; old ones purged."""
+    purge_expired_oauth_states(db, ttl_s)
+    new = NewOAuthState(
+        state=secrets.token_urlsafe(32),
+        code_verifier=secrets.token_urlsafe(48),
+        browser_secret=secrets.token_urlsafe(32),
+    )
+    db.add(
+        OAuthState(
+            state=new.state,
+            referral_key=referral_key,
+            code_verifier=new.code_verifier,
+            browser_hash=hash_secret(new.browser_secret),
+        )
+    )
+    return new
+
+
+def pop_oauth_state(
+    db: Session, state: str, browser_secret: str | None, ttl_s: int
+) -> OAuthState | None:
+    """Consumes a CSRF state: each works once, within its lifetime, in the browser that
+    started it (the one holding its cookie)."""
     if not state or len(state) > 64:
         return None
     row = db.get(OAuthState, state)
@@ -161,7 +207,21 @@ def pop_oauth_state(db: Session, state: str, ttl_s: int) -> OAuthState | None:
     db.delete(row)
     if row.created_at < utcnow() - timedelta(seconds=ttl_s):
         return None
+    if row.browser_hash is None or not browser_secret:
+        return None
+    if not hmac.compare_digest(row.browser_hash, hash_secret(browser_secret)):
+        return None
     return row
+
+
+def purge_expired_oauth_states(db: Session, ttl_s: int) -> None:
+    db.execute(
+        delete(OAuthState).where(OAuthState.created_at < utcnow() - timedelta(seconds=ttl_s))
+    )
+
+
+def purge_expired_sessions(db: Session) -> None:
+    db.execute(delete(UserSession).where(UserSession.expires_at < utcnow()))
 
 
 # Conversations ----------------------------------------------------------------------------

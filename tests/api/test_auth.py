@@ -10,13 +10,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 
 from api.cli import create_referral_key as cli_create_referral_key
-from chatdf.db import Database, ReferralKey, User, UserSession, utcnow
+from chatdf.db import Database, OAuthState, ReferralKey, User, UserSession, utcnow
 from chatdf.settings import Settings
 from chatdf.store import DEV_USER_EMAIL, create_referral_key
-from tests.fakes.fake_oauth import FakeOAuthProvider, Profile
+from tests.fakes.fake_oauth import FakeOAuthProvider, Profile, s256
 from tests.live import LiveServer
 
 Serve = Callable[..., LiveServer]
@@ -277,18 +277,32 @@ def google_server(serve: Serve, google: FakeOAuthProvider, **overrides: Any) -> 
 
 
 def start_google(server: LiveServer, referral_key: str | None = None) -> dict[str, str]:
-    """POST /auth/google; returns the consent URL's query parameters."""
+    """POST /auth/google; returns the consent URL's query parameters.
+
+    The browser-binding cookie it sets is kept by state, so `callback` comes back from the
+    same "browser" unless a test says otherwise.
+    """
     body = {"referral_key": referral_key} if referral_key else {}
     with server.client() as anon:
         r = anon.post("/auth/google", json=body)
     assert r.status_code == 200, r.text
     url = r.json()["redirect_url"]
     assert url.startswith(server.settings.google_auth_url + "?")
-    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+    params = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+    BINDINGS[params["state"]] = r.cookies.get("oauth_browser") or ""
+    return params
 
 
-def callback(server: LiveServer, code: str, state: str) -> httpx.Response:
-    with server.client() as anon:
+BINDINGS: dict[str, str] = {}
+
+
+def callback(
+    server: LiveServer, code: str, state: str, *, browser: str | None = None
+) -> httpx.Response:
+    """GET the callback from the browser that started `state` (or from `browser`'s cookie)."""
+    secret = BINDINGS.get(state, "") if browser is None else browser
+    cookies = {"oauth_browser": secret} if secret else {}
+    with httpx.Client(base_url=server.url, cookies=cookies, timeout=30) as anon:
         return anon.get("/auth/google/callback", params={"code": code, "state": state})
 
 
@@ -321,10 +335,13 @@ def test_google_callback_signs_in_and_redirects_with_cookie(
     assert me["email"] == "grace@example.com"
     assert me["name"] == "Grace Hopper"
     assert me["avatar_url"] == profile.picture
-    # The app traded the code server-side with its client secret and redirect URI.
+    # The app traded the code server-side with its client secret and redirect URI, and with
+    # the PKCE verifier behind the consent URL's challenge.
     (trade,) = google.token_requests
     assert trade["client_secret"] == google.client_secret
     assert trade["redirect_uri"] == CALLBACK
+    assert params["code_challenge_method"] == "S256"
+    assert s256(trade["code_verifier"]) == params["code_challenge"]
 
 
 def test_google_consent_leg_round_trip(serve: Serve, google: FakeOAuthProvider) -> None:
@@ -458,3 +475,82 @@ def test_dev_login_allow_remote_lifts_the_proxy_rule(serve: Serve) -> None:
             headers={"X-Forwarded-For": "1.2.3.4"},
         )
     assert r.status_code == 200
+
+
+# Login CSRF, PKCE and Google's stable id (issue 10) -----------------------------------------
+
+
+def test_a_state_works_only_in_the_browser_that_started_it(
+    serve: Serve, google: FakeOAuthProvider
+) -> None:
+    """Login CSRF: an attacker's own callback URL (their code, their state) opened in the
+    victim's browser, which never started that sign-in, signs nobody in."""
+    server = google_server(serve, google)
+    state = start_google(server)["state"]
+    code = google.register_code(Profile(email="attacker@example.com"))
+    r = callback(server, code, state, browser="")
+    assert_error(r, 403)
+    assert not r.headers.get_list("set-cookie") or "session_token" not in r.headers["set-cookie"]
+    other = start_google(server)["state"]  # another browser's cookie does not fit either
+    assert_error(callback(server, code, state, browser=BINDINGS[other]), 403)
+
+
+def test_a_code_without_its_pkce_verifier_is_refused(
+    serve: Serve, google: FakeOAuthProvider
+) -> None:
+    """The consent leg registers the code with the URL's S256 challenge: a code traded under
+    another sign-in's state (so another verifier) fails at the provider."""
+    server = google_server(serve, google)
+    google.next_profile = Profile(email="pkce@example.com")
+    consent = start_google(server)
+    back = httpx.get(server.settings.google_auth_url, params=consent)
+    code = parse_qs(urlsplit(back.headers["location"]).query)["code"][0]
+    other_state = start_google(server)["state"]
+    assert_error(callback(server, code, other_state), 400)
+
+
+def test_accounts_are_keyed_on_googles_sub(
+    serve: Serve, google: FakeOAuthProvider, db: Database
+) -> None:
+    server = google_server(serve, google)
+
+    def sign_in(profile: Profile) -> httpx.Response:
+        return callback(server, google.register_code(profile), start_google(server)["state"])
+
+    assert sign_in(Profile(email="old@example.com", sub="sub-1")).status_code == 302
+    # The same Google account with a changed address is the same chatdf account.
+    assert sign_in(Profile(email="new@example.com", sub="sub-1")).status_code == 302
+    # A different Google account that now holds the old address does not get it.
+    assert sign_in(Profile(email="new@example.com", sub="sub-2")).status_code == 403
+    with db.session() as s:
+        users = [(u.email, u.google_sub) for u in s.scalars(select(User))]
+    assert users == [("new@example.com", "sub-1")]
+
+
+def test_oauth_states_and_sessions_do_not_pile_up(
+    serve: Serve, google: FakeOAuthProvider, db: Database
+) -> None:
+    server = google_server(serve, google, oauth_state_ttl_s=0)
+    for _ in range(5):
+        start_google(server)
+    with db.session() as s:  # each start purged the expired ones before adding its own
+        assert s.scalar(select(func.count()).select_from(OAuthState)) <= 1
+    old = dev_login(server, email="purge@example.com").json()["token"]
+    old_hash = hashlib.sha256(old.encode()).hexdigest()
+    with db.session() as s:
+        s.execute(
+            update(UserSession)
+            .where(UserSession.token_hash == old_hash)
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+    dev_login(server, email="purge@example.com")  # any new session purges expired ones
+    with db.session() as s:
+        assert s.scalar(select(UserSession).where(UserSession.token_hash == old_hash)) is None
+
+
+def test_sign_in_routes_are_rate_limited_per_address(serve: Serve) -> None:
+    server = serve(auth_rate_limit="3/minute")
+    codes = [dev_login(server, email="rl@example.com").status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]
+    body = dev_login(server, email="rl@example.com").json()
+    assert body["error"].startswith("Too many sign-in attempts")

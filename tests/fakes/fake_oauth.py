@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import secrets
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from pydantic import SecretStr
+
+
+def s256(verifier: str) -> str:
+    """PKCE's S256 code challenge of a verifier (RFC 7636)."""
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 @dataclass
@@ -21,7 +29,11 @@ class Profile:
     name: str = "Test User"
     picture: str | None = "https://example.invalid/avatar.png"
     email_verified: bool = True
-    sub: str = field(default_factory=lambda: secrets.token_hex(8))
+    sub: str = ""  # Google's stable account id; by default one per email, as for one account
+
+    def __post_init__(self) -> None:
+        if not self.sub:
+            self.sub = hashlib.sha256(self.email.lower().encode()).hexdigest()[:21]
 
     def claims(self) -> dict[str, Any]:
         return {
@@ -48,6 +60,7 @@ class FakeOAuthProvider:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._codes: dict[str, Profile] = {}
+        self._challenges: dict[str, str] = {}
         self._tokens: dict[str, Profile] = {}
         self.next_profile: Profile | None = None
         self.token_requests: list[dict[str, str]] = []
@@ -94,11 +107,19 @@ class FakeOAuthProvider:
 
     # Test controls -----------------------------------------------------------------------
 
-    def register_code(self, profile: Profile, code: str | None = None) -> str:
-        """A single-use authorization code that signs in as `profile`."""
+    def register_code(
+        self, profile: Profile, code: str | None = None, challenge: str | None = None
+    ) -> str:
+        """A single-use authorization code that signs in as `profile`.
+
+        With a PKCE `challenge` (S256, from the consent URL) the code trades only together
+        with the verifier behind it, as at Google; without, any verifier is taken.
+        """
         code = code or secrets.token_urlsafe(16)
         with self._lock:
             self._codes[code] = profile
+            if challenge is not None:
+                self._challenges[code] = challenge
         return code
 
     # Endpoint logic (called from the handler thread) -------------------------------------
@@ -116,6 +137,9 @@ class FakeOAuthProvider:
             profile = self._codes.pop(form.get("code", ""), None)
             if profile is None:
                 return 400, {"error": "invalid_grant", "error_description": "Bad code"}
+            challenge = self._challenges.pop(form.get("code", ""), None)
+            if challenge is not None and s256(form.get("code_verifier", "")) != challenge:
+                return 400, {"error": "invalid_grant", "error_description": "Bad verifier"}
             access = secrets.token_urlsafe(24)
             self._tokens[access] = profile
         return 200, {
@@ -136,7 +160,8 @@ class FakeOAuthProvider:
     def authorize(self, query: dict[str, str]) -> str:
         """The redirect a consent screen would send the browser to."""
         profile = self.next_profile or Profile(email="someone@example.com")
-        params = {"code": self.register_code(profile), "state": query.get("state", "")}
+        code = self.register_code(profile, challenge=query.get("code_challenge"))
+        params = {"code": code, "state": query.get("state", "")}
         return f"{query.get('redirect_uri', '')}?{urlencode(params)}"
 
 
