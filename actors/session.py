@@ -13,7 +13,8 @@ from typing import Any
 from actors.budget import TokenBudget, prune_cutoff, prune_usage
 from actors.chat import ChatRunner
 from actors.datasets import DatasetLoader
-from actors.fanout import Event, Fanout
+from actors.edges import notify_edges, watch_edge
+from actors.fanout import Event, Fanout, Stamped
 from chatdf.db import Database
 from chatdf.settings import Settings
 
@@ -24,7 +25,8 @@ class SessionActor:
     """Plain class holding one user's live state; `actor_class()` wraps it for Ray.
 
     Unit tests drive it directly (no Ray); in the service exactly one instance per user runs as a
-    named, detached Ray actor that reaps itself once idle.
+    named, detached Ray actor that lives while its user is active (a call within
+    ACTOR_IDLE_TIMEOUT_S, a running turn or load) and then exits, open sockets or not.
     """
 
     def __init__(
@@ -37,13 +39,16 @@ class SessionActor:
         self.settings = settings
         self.clock = clock
         self.db = Database(settings.resolved_database_url)
-        self.fanout = Fanout(settings.subscriber_queue_max)
+        self.fanout = Fanout(
+            settings.subscriber_queue_max, settings.event_buffer_max, settings.event_buffer_s
+        )
         self.budget = TokenBudget(user_id, settings, self.db, clock=clock)
         self.datasets = DatasetLoader(user_id, settings, self.db, self.publish)
         self.chat = ChatRunner(user_id, settings, self.db, self.publish, self.budget, self.datasets)
         self._last_active = time.monotonic()
         self._startup: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._watched: set[str] = set()  # edges whose death this actor listens for
 
     # Lifecycle ---------------------------------------------------------------------------
 
@@ -65,18 +70,33 @@ class SessionActor:
         await asyncio.to_thread(self.budget.load)
         await asyncio.to_thread(self.datasets.fail_orphaned_loads)
         self._spawn(self._housekeeping())
+        self._spawn(self._wake_edges())
+
+    async def _wake_edges(self) -> None:
+        """Tells every edge this actor started, so those holding the user's sockets subscribe.
+
+        Events published before they do wait in the fan-out's buffer (see Fanout), so nothing
+        after a socket's accept is lost while the edges catch up.
+        """
+        try:
+            calls = await asyncio.to_thread(notify_edges, self.user_id, self.settings.ray_namespace)
+            await asyncio.gather(*calls, return_exceptions=True)
+        except Exception:
+            log.warning("could not wake the edges of user %s", self.user_id, exc_info=True)
 
     async def check_health(self) -> dict[str, Any]:
         return {
             "user_id": self.user_id,
             "subscribers": len(self.fanout),
+            "edges": sorted(self.fanout.edges()),
             "running_turns": self.chat.running_count(),
             "loading": self.datasets.running_count(),
             "polars_loaded": "polars" in sys.modules,  # must stay False (see actors/tasks.py)
         }
 
     def is_idle(self) -> bool:
-        busy = len(self.fanout) or self.chat.running_count() or self.datasets.running_count()
+        """No turn, no load and no call for ACTOR_IDLE_TIMEOUT_S; open sockets do not count."""
+        busy = self.chat.running_count() or self.datasets.running_count()
         idle_s = time.monotonic() - self._last_active
         return not busy and idle_s >= self.settings.actor_idle_timeout_s
 
@@ -105,20 +125,39 @@ class SessionActor:
 
     # Event stream ------------------------------------------------------------------------
 
-    async def subscribe(self, sub_id: str) -> AsyncIterator[list[Event]]:
-        """Streams batches of this user's events to one edge (a Ray streaming generator)."""
+    async def subscribe(
+        self, sub_id: str, since: float = float("inf"), edge: str = ""
+    ) -> AsyncIterator[list[Stamped]]:
+        """Streams batches of this user's events to one edge (a Ray streaming generator).
+
+        `since`: buffered events from this time on come first. `edge`: the edge's hub, watched
+        so the subscription is dropped when that edge dies. Subscribing is no activity: an
+        actor with only sockets behind it still exits once idle.
+        """
         await self.ready()
-        self._touch()
-        async for batch in self.fanout.stream(sub_id):
+        if edge and edge not in self._watched:
+            self._watched.add(edge)
+            self._spawn(self._drop_when_gone(edge))
+        async for batch in self.fanout.stream(sub_id, since, edge):
             yield batch
-        self._touch()
+
+    async def _drop_when_gone(self, edge: str) -> None:
+        try:
+            await watch_edge(edge, self.settings.ray_namespace, lambda: edge in self.fanout.edges())
+            dropped = self.fanout.drop_edge(edge)
+            if dropped:
+                log.info("edge %s died; dropped its %d subscription(s)", edge, dropped)
+        finally:
+            self._watched.discard(edge)
 
     async def unsubscribe(self, sub_id: str) -> None:
         self.fanout.close(sub_id)
-        self._touch()
 
     async def publish(self, event: Event) -> None:
         """Sends an event to every edge subscribed for this user (unknown types pass as-is)."""
+        if self._startup is None or not self._startup.done():
+            await self.ready()  # a first call from outside starts the actor (and wakes edges)
+        self._touch()  # the end of a long turn is activity too: its last events must get out
         self.fanout.publish(event)
 
     # Datasets ----------------------------------------------------------------------------
@@ -156,6 +195,7 @@ class SessionActor:
 
     async def usage(self) -> dict[str, Any]:
         await self.ready()
+        self._touch()
         return self.budget.snapshot()
 
 

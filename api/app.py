@@ -215,6 +215,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             " from any client" if settings.dev_login_allow_remote else " from this machine",
         )
     manager = ConnectionManager(settings)
+    await manager.start()
     app.state.connection_manager = manager
     try:
         yield

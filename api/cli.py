@@ -36,6 +36,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from api.app import create_app
+    from ws.protocol import uvicorn_ws_options
 
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
     install_redaction()
@@ -43,8 +44,7 @@ def serve(settings: Settings) -> None:
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        ws_max_size=settings.ws_max_frame_bytes,
-        ws_ping_interval=None,  # the app's JSON ping is the contract's heartbeat
+        **uvicorn_ws_options(settings),  # protocol-level pings too; see ws/protocol.py
         log_level=settings.log_level.lower(),
         proxy_headers=True,
     )

@@ -53,11 +53,16 @@ class Settings(BaseSettings):
     heartbeat_timeout: float = 90.0
     cors_origins: str = "http://localhost:3000,http://127.0.0.1:3000,http://localhost:5173"
     ws_max_frame_bytes: int = 64 * 1024
+    ws_send_queue_max: int = 5000  # frames waiting for one socket; past it the socket is dropped
+    ws_send_timeout_s: float = 10.0  # one frame's write; a socket slower than this is dropped
 
     # Session actors
-    actor_idle_timeout_s: float = 900.0
-    actor_reap_interval_s: float = 60.0
-    subscriber_queue_max: int = 10_000
+    actor_idle_timeout_s: float = 120.0  # no call, turn or load this long: the actor exits
+    actor_reap_interval_s: float = 10.0
+    subscriber_queue_max: int = 10_000  # events queued in the actor for one edge
+    subscriber_backpressure: int = 8  # event batches in flight between an actor and one edge
+    event_buffer_max: int = 1000  # recent events an actor keeps for edges subscribing late
+    event_buffer_s: float = 30.0  # ... and for how long
 
     # Model
     gemini_api_key: SecretStr = SecretStr("")

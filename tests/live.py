@@ -18,6 +18,7 @@ from websockets.sync.client import ClientConnection, connect
 from api.app import create_app
 from chatdf.events import parse_event
 from chatdf.settings import Settings
+from ws.protocol import uvicorn_ws_options
 
 
 def wait_until(condition: Callable[[], bool], limit_s: float = 60.0) -> bool:
@@ -48,8 +49,7 @@ class LiveServer:
             host="127.0.0.1",
             port=self.port,
             log_level="warning",
-            ws_ping_interval=None,
-            ws_max_size=self.settings.ws_max_frame_bytes,
+            **uvicorn_ws_options(self.settings),
         )
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None

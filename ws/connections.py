@@ -1,10 +1,13 @@
-"""The edge's registry of open sockets per user and its subscription to each user's actor."""
+"""The edge's registry of open sockets per user, their send queues, and its subscription to each
+user's session actor (when one runs)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,131 +15,272 @@ from typing import Any
 from fastapi import WebSocket
 from starlette.websockets import WebSocketState
 
-from actors.session import get_session_actor
+from actors.edges import start_hub
+from actors.fanout import TICK_S, Stamped
+from actors.session import actor_name
 from chatdf.settings import Settings
+from ws.protocol import EXTENSION
 
 log = logging.getLogger(__name__)
 
 RESUBSCRIBE_DELAY_S = 0.5
+CLOSE_TOO_SLOW = 4002
+CLOSE_DEADLINE_S = 1.0  # a close frame a stalled peer does not take: the connection is aborted
+
+
+def dumps(event: dict[str, Any]) -> str:
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(eq=False)
 class Connection:
+    """One socket: the frames waiting for it, and the task writing them in order."""
+
     user_id: str
     websocket: WebSocket
+    queue_max: int
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    accepted_at: float = field(default_factory=time.time)  # actor events before it are not sent
+    closed: bool = False
+    writer: asyncio.Task[None] | None = None
+    outbox: asyncio.Queue[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.outbox = asyncio.Queue(self.queue_max)
+
+
+@dataclass(eq=False)
+class Follower:
+    """The edge's stream from one user's actor: woken when an actor for the user starts."""
+
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    sub_id: str = ""
+    last_stamp: float = 0.0  # of the last actor event received (resubscribing continues after it)
+    task: asyncio.Task[None] | None = None
 
 
 class ConnectionManager:
     """Open sockets by user, and one subscription per user to that user's session actor.
 
-    The edge keeps nothing else about a user: events come from the actor's stream and are written
-    to every socket (tab) of the user, in order; when the last socket goes, so does the stream.
+    Sockets never wait on an actor: they are registered at once, and a user's follower subscribes
+    when the actor exists, or when this edge's hub (actors/edges.py) says one started. Each
+    socket has its own bounded send queue and writer, so one stalled tab holds up no other tab;
+    a socket whose queue fills or whose write takes over WS_SEND_TIMEOUT_S is closed and dropped.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.hub_name = ""
+        self._hub: Any = None
+        self._hub_task: asyncio.Task[None] | None = None
         self._connections: dict[str, set[Connection]] = {}
-        self._subscriptions: dict[str, tuple[str, asyncio.Task[None], asyncio.Future[None]]] = {}
+        self._subscriptions: dict[str, Follower] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # Life of the edge ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Creates this edge's hub (it dies with the process) and follows its wake-ups."""
+        self.hub_name, self._hub = await asyncio.to_thread(start_hub, self.settings.ray_namespace)
+        self._hub_task = asyncio.create_task(self._follow_hub())
+
+    async def close_all(self) -> None:
+        for user_id in list(self._connections):
+            await self.close_user(user_id, code=1001, reason="server shutting down")
+        if self._hub_task is not None:
+            self._hub_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._hub_task
+        if self._hub is not None:
+            import ray
+
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(ray.kill, self._hub)
+
+    # Sockets -------------------------------------------------------------------------------
 
     def count(self, user_id: str) -> int:
         return len(self._connections.get(user_id, ()))
 
-    async def connect(self, user_id: str, websocket: WebSocket) -> Connection:
-        """Registers a socket; the first socket of a user starts the actor subscription."""
-        conn = Connection(user_id, websocket)
+    def connect(self, user_id: str, websocket: WebSocket) -> Connection:
+        """Registers a socket about to be accepted; never waits on the user's actor."""
+        conn = Connection(user_id, websocket, self.settings.ws_send_queue_max)
         self._connections.setdefault(user_id, set()).add(conn)
-        if user_id not in self._subscriptions:
-            started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            sub_id = uuid.uuid4().hex
-            task = asyncio.create_task(self._follow(user_id, sub_id, started))
-            self._subscriptions[user_id] = (sub_id, task, started)
-        ready = self._subscriptions[user_id][2]
-        try:
-            # A second tab arriving while the first subscribes waits for the same stream.
-            await asyncio.shield(ready)
-        except Exception:
-            await self.disconnect(conn)
-            raise
+        follower = self._subscriptions.get(user_id)
+        if follower is None or follower.task is None or follower.task.done():
+            follower = self._subscriptions[user_id] = Follower()
+            follower.task = asyncio.create_task(self._follow(user_id, follower))
         return conn
+
+    def start_writer(self, conn: Connection) -> None:
+        """Starts writing the socket's queued frames (once it is accepted)."""
+        if not conn.closed and conn.writer is None:
+            conn.writer = asyncio.create_task(self._write(conn))
 
     async def disconnect(self, conn: Connection) -> None:
         """Forgets a socket; the user's last socket also ends the actor subscription."""
+        conn.closed = True
+        if conn.writer is not None and conn.writer is not asyncio.current_task():
+            conn.writer.cancel()
         conns = self._connections.get(conn.user_id)
         if conns is not None:
             conns.discard(conn)
             if not conns:
                 del self._connections[conn.user_id]
-                await self._unsubscribe(conn.user_id)
+                self._unsubscribe(conn.user_id)
+
+    def enqueue(self, conn: Connection, text: str) -> bool:
+        """Queues one frame for a socket; a socket that far behind is dropped (False)."""
+        if conn.closed:
+            return False
+        try:
+            conn.outbox.put_nowait(text)
+            return True
+        except asyncio.QueueFull:
+            self._spawn(self._drop(conn, f"{conn.outbox.qsize()} frames behind"))
+            return False
 
     async def send_to_user(self, user_id: str, event: dict[str, Any]) -> int:
-        """Writes one event to every open socket of the user; returns how many got it."""
-        sent = 0
-        for conn in list(self._connections.get(user_id, ())):
-            if await self._send(conn, [event]):
-                sent += 1
-        return sent
+        """Queues one event for every open socket of the user; returns how many took it."""
+        text = dumps(event)
+        return sum(self.enqueue(conn, text) for conn in list(self._connections.get(user_id, ())))
 
     async def close_user(self, user_id: str, code: int = 1000, reason: str = "") -> None:
         """Closes every socket of a user from the server side and cleans up."""
         for conn in list(self._connections.get(user_id, ())):
-            with contextlib.suppress(Exception):
-                await conn.websocket.close(code=code, reason=reason)
             await self.disconnect(conn)
+            await self._close(conn, code, reason)
 
-    async def close_all(self) -> None:
-        for user_id in list(self._connections):
-            await self.close_user(user_id, code=1001, reason="server shutting down")
-
-    async def _send(self, conn: Connection, batch: list[dict[str, Any]]) -> bool:
-        if conn.websocket.application_state != WebSocketState.CONNECTED:
-            return False
+    async def _write(self, conn: Connection) -> None:
+        ws = conn.websocket
         try:
-            async with conn.send_lock:
-                for event in batch:
-                    await conn.websocket.send_json(event)
-            return True
+            while True:
+                text = await conn.outbox.get()
+                if ws.application_state != WebSocketState.CONNECTED:
+                    break
+                await asyncio.wait_for(ws.send_text(text), self.settings.ws_send_timeout_s)
+        except TimeoutError:
+            await self._drop(conn, f"a frame waited {self.settings.ws_send_timeout_s} s")
+            return
+        except asyncio.CancelledError:
+            raise
         except Exception:
             log.debug("send to a closing socket failed; dropping it")
-            await self.disconnect(conn)
-            return False
+        await self.disconnect(conn)
 
-    async def _unsubscribe(self, user_id: str) -> None:
-        entry = self._subscriptions.pop(user_id, None)
-        if entry is None:
+    async def _drop(self, conn: Connection, why: str) -> None:
+        if conn.closed:
             return
-        sub_id, task, _ready = entry
-        with contextlib.suppress(Exception):
-            handle = await asyncio.to_thread(get_session_actor, user_id, self.settings)
+        log.warning("socket of user %s is not reading (%s); closed", conn.user_id, why)
+        await self.disconnect(conn)
+        await self._close(conn, CLOSE_TOO_SLOW, "client too slow")
+
+    @staticmethod
+    async def _close(conn: Connection, code: int, reason: str) -> None:
+        """Sends a close frame; a peer that does not take it within a second is cut off."""
+        try:
+            await asyncio.wait_for(conn.websocket.close(code=code, reason=reason), CLOSE_DEADLINE_S)
+        except TimeoutError:
+            handle = conn.websocket.scope.get("extensions", {}).get(EXTENSION)
+            if handle is not None:
+                handle.abort()
+        except Exception:
+            log.debug("closing a socket that is already gone")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # Subscriptions -------------------------------------------------------------------------
+
+    def _unsubscribe(self, user_id: str) -> None:
+        follower = self._subscriptions.pop(user_id, None)
+        if follower is None:
+            return
+        if follower.task is not None:
+            follower.task.cancel()
+        if follower.sub_id:
+            self._spawn(self._tell_actor_unsubscribed(user_id, follower.sub_id))
+
+    async def _tell_actor_unsubscribed(self, user_id: str, sub_id: str) -> None:
+        with contextlib.suppress(Exception):  # no actor (or it just exited): nothing to end
+            handle = await asyncio.to_thread(self._running_actor, user_id)
             await asyncio.wait_for(handle.unsubscribe.remote(sub_id), timeout=5)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
 
-    async def _follow(self, user_id: str, sub_id: str, ready: asyncio.Future[None]) -> None:
-        """Streams the actor's event batches to the user's sockets until unsubscribed.
+    def _running_actor(self, user_id: str) -> Any:
+        """The user's live actor; ValueError when none runs (this never starts one)."""
+        import ray
 
-        If the actor goes away (reaped, crashed, restarted) while sockets remain, subscribe
-        again: events published in between are missed, as on any reconnect (no replay).
-        """
-        while user_id in self._connections:
+        return ray.get_actor(actor_name(user_id), namespace=self.settings.ray_namespace)
+
+    async def _follow_hub(self) -> None:
+        """Wakes the followers of users whose actor just started (from this edge's hub)."""
+        while True:
             try:
-                handle = await asyncio.to_thread(get_session_actor, user_id, self.settings)
-                stream = handle.subscribe.options(num_returns="streaming").remote(sub_id)
+                stream = self._hub.wakeups.options(num_returns="streaming").remote()
                 async for ref in stream:
-                    batch: list[dict[str, Any]] = await ref
-                    if not ready.done():
-                        ready.set_result(None)
-                    for conn in list(self._connections.get(user_id, ())):
-                        await self._send(conn, batch)
-                if self._subscriptions.get(user_id, ("",))[0] != sub_id:
-                    return
+                    users: list[str] = await ref
+                    # The first, empty batch: streaming (again); an actor may have started
+                    # unseen meanwhile, so every follower looks again.
+                    for user_id in users or list(self._subscriptions):
+                        follower = self._subscriptions.get(user_id)
+                        if follower is not None:
+                            follower.wake.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if not ready.done():
-                    ready.set_exception(exc)
-                    return
-                log.warning("event stream of user %s broke (%s); resubscribing", user_id, exc)
+                log.warning("wake-up stream of this edge's hub broke (%s); again", exc)
             await asyncio.sleep(RESUBSCRIBE_DELAY_S)
+
+    async def _follow(self, user_id: str, follower: Follower) -> None:
+        """Streams the user's actor events to their sockets while the user has sockets.
+
+        With no actor running it waits, holding nothing, until the hub wakes it. When the actor
+        exits or dies, the loop looks again: events published while no stream ran are missed,
+        as on any reconnect (no replay), except those the new actor's buffer still holds.
+        """
+        while self._subscriptions.get(user_id) is follower:
+            follower.wake.clear()  # before looking: a start after this look sets it again
+            try:
+                handle = await asyncio.to_thread(self._running_actor, user_id)
+            except ValueError:
+                await follower.wake.wait()
+                continue
+            if not await self._stream(user_id, follower, handle):
+                # The name still resolves but the actor does not answer (it is exiting).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(follower.wake.wait(), RESUBSCRIBE_DELAY_S)
+
+    async def _stream(self, user_id: str, follower: Follower, handle: Any) -> bool:
+        """One subscription, until it ends; False if it never started."""
+        conns = self._connections.get(user_id)
+        if not conns:
+            return True
+        since = max(min(c.accepted_at for c in conns), follower.last_stamp + TICK_S)
+        follower.sub_id = uuid.uuid4().hex
+        started = False
+        try:
+            stream = handle.subscribe.options(
+                num_returns="streaming",
+                # Ray otherwise pushes every item to the edge at once: this bounds what is in
+                # flight, so a stuck edge fills the actor's (bounded) queue and is dropped there.
+                _generator_backpressure_num_objects=self.settings.subscriber_backpressure,
+            ).remote(follower.sub_id, since, self.hub_name)
+            async for ref in stream:
+                batch: list[Stamped] = await ref
+                started = True
+                self._deliver(user_id, follower, batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.info("event stream of user %s ended (%s)", user_id, type(exc).__name__)
+        return started
+
+    def _deliver(self, user_id: str, follower: Follower, batch: list[Stamped]) -> None:
+        for stamp, event in batch:
+            follower.last_stamp = stamp
+            text = dumps(event)
+            for conn in list(self._connections.get(user_id, ())):
+                if stamp >= conn.accepted_at:  # nothing from before a socket's accept
+                    self.enqueue(conn, text)

@@ -14,6 +14,7 @@ from api.deps import authenticate, token_from
 from chatdf.db import Database
 from chatdf.settings import Settings
 from ws.connections import Connection, ConnectionManager
+from ws.protocol import EXTENSION
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ router = APIRouter()
 CLOSE_UNAUTHORIZED = 4001
 CLOSE_STALE = 4000
 CLOSE_TOO_BIG = 1009
-CLOSE_UNAVAILABLE = 1011
+PING = json.dumps({"type": "ping"})
 
 
 @router.websocket("/ws")
@@ -41,24 +42,20 @@ async def websocket_endpoint(websocket: WebSocket, token: str | None = None) -> 
         await websocket.accept()
         await websocket.close(code=CLOSE_UNAUTHORIZED, reason="unauthorized")
         return
-    try:
-        # Subscribe before accepting, so every event after the handshake reaches this socket.
-        conn = await manager.connect(user.id, websocket)
-    except Exception:
-        log.exception("could not subscribe to the session actor")
-        await websocket.accept()
-        await websocket.close(code=CLOSE_UNAVAILABLE, reason="session unavailable")
-        return
+    # Registered before the accept (so a client that sees the handshake is already counted),
+    # and never waiting on the user's session actor: the subscription follows in the background.
+    conn = manager.connect(user.id, websocket)
     try:
         await websocket.accept()
-        await serve(conn, settings)
+        manager.start_writer(conn)
+        await serve(conn, manager, settings)
     finally:
         await manager.disconnect(conn)
 
 
-async def serve(conn: Connection, settings: Settings) -> None:
+async def serve(conn: Connection, manager: ConnectionManager, settings: Settings) -> None:
     """Pings every HEARTBEAT_INTERVAL; closes a socket silent for HEARTBEAT_TIMEOUT."""
-    pinger = asyncio.create_task(ping_forever(conn, settings.heartbeat_interval))
+    pinger = asyncio.create_task(ping_forever(conn, manager, settings.heartbeat_interval))
     try:
         await receive_until_stale(conn, settings)
     finally:
@@ -67,29 +64,41 @@ async def serve(conn: Connection, settings: Settings) -> None:
             await pinger
 
 
-async def ping_forever(conn: Connection, interval_s: float) -> None:
+async def ping_forever(conn: Connection, manager: ConnectionManager, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
-        try:
-            async with conn.send_lock:
-                await conn.websocket.send_text(json.dumps({"type": "ping"}))
-        except Exception:
+        if not manager.enqueue(conn, PING):
             return
 
 
 async def receive_until_stale(conn: Connection, settings: Settings) -> None:
+    """Reads (and ignores) client frames until the client goes or has been silent too long.
+
+    Silent means: no frame and no protocol-level pong (or any other byte) for
+    HEARTBEAT_TIMEOUT. uvicorn pings every HEARTBEAT_INTERVAL and browsers answer by themselves,
+    so a live browser tab passes without ever sending a JSON `pong`.
+    """
     ws = conn.websocket
+    transport = ws.scope.get("extensions", {}).get(EXTENSION)  # absent under other servers
+    loop = asyncio.get_running_loop()
+    heard = loop.time()
     while True:
-        try:
-            message = await asyncio.wait_for(ws.receive(), timeout=settings.heartbeat_timeout)
-        except TimeoutError:
+        if transport is not None:
+            heard = max(heard, transport.last_heard())
+        left = settings.heartbeat_timeout - (loop.time() - heard)
+        if left <= 0:
             with contextlib.suppress(Exception):
                 await ws.close(code=CLOSE_STALE, reason="heartbeat timeout")
             return
+        try:
+            message = await asyncio.wait_for(ws.receive(), timeout=left)
+        except TimeoutError:
+            continue  # look again: a protocol-level pong may have come meanwhile
         except (WebSocketDisconnect, RuntimeError):
             return
         if message["type"] == "websocket.disconnect":
             return
+        heard = loop.time()
         size = len(message.get("text") or message.get("bytes") or b"")
         if size > settings.ws_max_frame_bytes:
             with contextlib.suppress(Exception):

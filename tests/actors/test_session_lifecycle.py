@@ -1,9 +1,8 @@
-"""The session actor's life: created when a socket connects, reaped once idle, made again on use."""
+"""The session actor's life: started by a call (not a socket), gone once idle, made again on use."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 
 import ray
@@ -21,21 +20,24 @@ def actor_alive(user_id: str, settings: Settings) -> bool:
         return False
 
 
-def test_actor_is_reaped_when_idle_and_recreated_on_use(
+def test_actor_lives_while_used_and_exits_once_idle_with_a_socket_open(
     ray_session: None, settings: Settings
 ) -> None:
+    """A socket starts no actor and keeps none alive; a call starts one, which exits once idle
+    for ACTOR_IDLE_TIMEOUT_S while the socket stays open; the next call starts a new one."""
     quick = settings.model_copy(update={"actor_idle_timeout_s": 0.5, "actor_reap_interval_s": 0.2})
     server = LiveServer(quick).start()
     try:
         token, user_id, client = server.login(f"reap-{uuid.uuid4().hex[:8]}@example.com")
         assert not actor_alive(user_id, quick)  # sign-in alone starts nothing
         with server.ws(token):
-            assert actor_alive(user_id, quick)  # the socket created it
-            time.sleep(1.0)  # longer than the idle timeout: an open socket keeps it
+            assert not actor_alive(user_id, quick)  # nor does a socket
+            assert client.get("/usage").status_code == 200  # a call does
             assert actor_alive(user_id, quick)
-        assert wait_until(lambda: not actor_alive(user_id, quick))  # idle: it exits by itself
-        assert client.get("/usage").status_code == 200  # next use makes a new one
-        assert actor_alive(user_id, quick)
+            assert wait_until(lambda: not actor_alive(user_id, quick))  # idle: it exits
+            assert server.manager.count(user_id) == 1  # and the socket stays open
+            assert client.get("/usage").status_code == 200  # next use makes a new one
+            assert actor_alive(user_id, quick)
         client.close()
     finally:
         server.stop()

@@ -23,5 +23,7 @@ def test_ws_clean_1_actor_side_subscription_ends(live: LiveServer, user: SignedI
 
     actor = get_session_actor(user.user_id, live.settings)
     with live.ws(user.token), live.ws(user.token):
-        assert ray.get(actor.check_health.remote())["subscribers"] == 1  # one per edge
+        # The edge subscribes after the accept, in the background: one stream per edge.
+        assert wait_until(lambda: ray.get(actor.check_health.remote())["subscribers"] == 1)
+        assert ray.get(actor.check_health.remote())["edges"] == [live.manager.hub_name]
     assert wait_until(lambda: ray.get(actor.check_health.remote())["subscribers"] == 0)

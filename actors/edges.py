@@ -1,0 +1,122 @@
+"""Edge hubs: one small named Ray actor per edge process, through which a starting session actor
+wakes every edge (so those holding the user's sockets subscribe) and learns when an edge died."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+HUB_PREFIX = "edge:"
+WATCH_RENEW_S = 300.0  # watch calls return after this: those of vanished callers do not pile up
+MAX_WAKE_BATCH = 1000
+
+
+class EdgeHubActor:
+    """Plain class behind one edge's hub; `hub_class()` wraps it for Ray.
+
+    The edge streams `wakeups()` for its whole life. A session actor that starts calls `notify`
+    on every hub; the edge then subscribes for that user if it holds sockets of the user. The hub
+    is owned by its edge process (not detached), so it dies with it, even on kill -9: a session
+    actor holding a `watch` call learns of that death from the call's failure.
+    """
+
+    def __init__(self) -> None:
+        self._woken: asyncio.Queue[str] | None = None
+
+    def _queue(self) -> asyncio.Queue[str]:
+        if self._woken is None:  # created on the actor's event loop, not in __init__
+            self._woken = asyncio.Queue()
+        return self._woken
+
+    async def ready(self) -> bool:
+        return True
+
+    async def notify(self, user_id: str) -> None:
+        """A session actor for `user_id` has started."""
+        self._queue().put_nowait(user_id)
+
+    async def wakeups(self) -> AsyncIterator[list[str]]:
+        """Yields an empty batch once streaming, then batches of woken user ids."""
+        queue = self._queue()
+        yield []
+        while True:
+            batch = [await queue.get()]
+            while not queue.empty() and len(batch) < MAX_WAKE_BATCH:
+                batch.append(queue.get_nowait())
+            yield batch
+
+    async def watch(self, renew_s: float = WATCH_RENEW_S) -> bool:
+        """Returns after `renew_s` while the hub lives; fails (actor died) when its edge dies."""
+        await asyncio.sleep(renew_s)
+        return True
+
+
+def hub_name(edge_id: str) -> str:
+    return f"{HUB_PREFIX}{edge_id}"
+
+
+_remote_class: Any = None
+
+
+def hub_class() -> Any:
+    """The Ray shell: no CPU slot; `watch` calls in their own group so they never queue wakes."""
+    global _remote_class
+    if _remote_class is None:
+        import ray
+
+        class _Hub(EdgeHubActor):
+            @ray.method(concurrency_group="watch")
+            async def watch(  # type: ignore[override]  # Ray's stubs retype the method
+                self, renew_s: float = WATCH_RENEW_S
+            ) -> bool:
+                return await super().watch(renew_s)
+
+        _remote_class = ray.remote(  # type: ignore[call-overload]
+            num_cpus=0, max_concurrency=100, concurrency_groups={"watch": 100_000}
+        )(_Hub)
+    return _remote_class
+
+
+def start_hub(namespace: str) -> tuple[str, Any]:
+    """Creates this edge's hub (owned by the calling process); returns its name and handle."""
+    name = hub_name(uuid.uuid4().hex)
+    handle = hub_class().options(name=name, namespace=namespace).remote()
+    return name, handle
+
+
+def notify_edges(user_id: str, namespace: str) -> list[Any]:
+    """Tells every edge hub of the namespace that `user_id`'s actor started; returns the calls."""
+    import ray
+
+    calls: list[Any] = []
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if entry["namespace"] != namespace or not entry["name"].startswith(HUB_PREFIX):
+            continue
+        with contextlib.suppress(ValueError):  # the edge went away meanwhile
+            hub = ray.get_actor(entry["name"], namespace=namespace)
+            calls.append(hub.notify.remote(user_id))
+    return calls
+
+
+async def watch_edge(name: str, namespace: str, still_needed: Any) -> None:
+    """Returns once the edge hub `name` is gone (or `still_needed()` turns false)."""
+    import ray
+
+    try:
+        hub = await asyncio.to_thread(ray.get_actor, name, namespace=namespace)
+    except ValueError:
+        return
+    while still_needed():
+        try:
+            await hub.watch.remote()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # RayActorError: the hub died with its edge
+            log.info("edge %s is gone (%s)", name, type(exc).__name__)
+            return
