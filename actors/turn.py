@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypedDict
+from urllib.parse import urlsplit, urlunsplit
 
 from google.genai import types
 
@@ -23,6 +26,8 @@ from chatdf import events
 from chatdf.errors import ChatdfError, Unavailable
 from chatdf.events import Phase
 from chatdf.settings import Settings
+
+log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 RunSql = Callable[[str], Awaitable[dict[str, Any]]]
@@ -77,6 +82,11 @@ class Turn:
         self.message_id = message_id
         self.datasets = list(datasets)
         self.user_text = user_content
+        # The only URLs the model may load: those the user wrote (issue 10, prompt injection).
+        self._user_urls = urls_in(
+            [user_content]
+            + [str(m.get("content") or "") for m in history if m.get("role") == "user"]
+        )
         self._emit = emit
         self._run_sql = run_sql
         self._load_dataset = load_dataset
@@ -236,6 +246,11 @@ class Turn:
     async def _load(self, url: object) -> dict[str, Any]:
         if not isinstance(url, str) or not url.strip():
             return {"error": "load_dataset needs a non-empty 'url' string."}
+        if normalize_url(url) not in self._user_urls:
+            log.warning(
+                "turn %s: the model asked to load a URL the user never wrote", self.message_id
+            )
+            return {"error": URL_NOT_FROM_USER}
         try:
             dataset = await self._load_dataset(url)
         except ChatdfError as exc:
@@ -252,6 +267,28 @@ class Turn:
         if self._tool_calls >= self.settings.max_tool_calls:
             return TOOL_LIMIT_NOTE
         return None
+
+
+URL_NOT_FROM_USER = (
+    "load_dataset only loads URLs the user wrote in this conversation; ask the user to paste "
+    "the link if they want it loaded."
+)
+_URL = re.compile(r"https?://[^\s<>\"'`]+", re.IGNORECASE)
+
+
+def urls_in(texts: Sequence[str]) -> frozenset[str]:
+    """Every http(s) URL written in `texts`, normalized; trailing punctuation is not part of it."""
+    found = set()
+    for text in texts:
+        for match in _URL.finditer(text):
+            found.add(normalize_url(match.group(0).rstrip(".,;:!?)]}>")))
+    return frozenset(found)
+
+
+def normalize_url(url: str) -> str:
+    """Scheme and host are case-insensitive; everything else must match as written."""
+    parts = urlsplit(url.strip())
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path, parts.query, ""))
 
 
 def _error(exc: ChatdfError) -> dict[str, Any]:
