@@ -120,11 +120,16 @@ class DatasetLoader:
         return await asyncio.to_thread(self._insert, conversation_id, url)
 
     def _insert(self, conversation_id: str, url: str) -> dict[str, Any]:
-        try:
-            with self._admission:
-                return self._insert_row(conversation_id, url)
-        except IntegrityError:  # the same URL added by another process (e.g. a restarted actor)
-            raise BadRequest(ALREADY_LOADED) from None
+        for attempt in (1, 2):
+            try:
+                with self._admission:
+                    return self._insert_row(conversation_id, url)
+            except IntegrityError:
+                # The same URL added by another process (e.g. a restarted actor), or the chosen
+                # name taken by a rename in between: a second pass tells which and picks anew.
+                if attempt == 2:
+                    raise BadRequest(ALREADY_LOADED) from None
+        raise AssertionError("unreachable")
 
     def _insert_row(self, conversation_id: str, url: str) -> dict[str, Any]:
         with self.db.session() as s:

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import IntegrityError
 
 from api.deps import CurrentUser, DbDep, OwnedConversationId, SettingsDep, call_actor
 from chatdf.db import Dataset
@@ -17,6 +18,7 @@ from chatdf.store import dataset_json, datasets_of, owned_conversation, touch
 router = APIRouter(prefix="/conversations/{conversation_id}/datasets", tags=["datasets"])
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,49}$")
+FILE_FUNCTION_NAME = re.compile(r"^(read|scan)_", re.IGNORECASE)  # the SQL guard refuses them
 
 
 class AddBody(BaseModel):
@@ -57,11 +59,18 @@ def rename_dataset(
     with db.session() as s:
         row = find_dataset(s, user.id, conversation_id, dataset_id)
         others = {d.name.lower() for d in datasets_of(s, conversation_id) if d.id != row.id}
+        taken = BadRequest(f"A table named '{name}' already exists in this conversation")
         if name.lower() in others:
-            raise BadRequest(f"A table named '{name}' already exists in this conversation")
+            raise taken
         row.name = name
         conv = owned_conversation(s, user.id, conversation_id)
         touch(conv)
+        try:
+            s.flush()  # an admission that took the name meanwhile: the unique index says so
+        except IntegrityError:
+            raise BadRequest(
+                f"A table named '{name}' already exists in this conversation"
+            ) from None
         return dataset_json(row)
 
 
@@ -71,6 +80,8 @@ def validate_table_name(name: object) -> str:
             "Table name must be 1-50 characters: letters, digits and underscores, "
             "not starting with a digit"
         )
+    if FILE_FUNCTION_NAME.match(name):
+        raise BadRequest(f"'{name}' is reserved for SQL table functions (read_*, scan_*)")
     if is_reserved_word(name):
         raise BadRequest(f"'{name}' is a SQL keyword and cannot be used as a table name")
     return name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,12 +21,17 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    func,
     inspect,
     text,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.schema import CreateIndex
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+log = logging.getLogger(__name__)
 
 
 def new_id() -> str:
@@ -151,6 +157,16 @@ class Dataset(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+# Table names are unique per conversation, case-insensitively (Polars resolves them so): the
+# database refuses a rename and an admission that race for one name.
+Index(
+    "uq_datasets_conversation_name",
+    Dataset.conversation_id,
+    func.lower(Dataset.name),
+    unique=True,
+)
+
+
 class TokenUsage(Base):
     __tablename__ = "token_usage"
     __table_args__ = (Index("ix_token_usage_user_created", "user_id", "created_at"),)
@@ -190,6 +206,7 @@ class Database:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
             Base.metadata.create_all(conn)
             self._add_missing_columns(conn)
+            self._add_missing_indexes(conn)
 
     @contextmanager
     def _schema_file_lock(self) -> Iterator[None]:
@@ -227,6 +244,19 @@ class Database:
                     conn.execute(
                         text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {sql_type}')
                     )
+
+    @staticmethod
+    def _add_missing_indexes(conn: Connection) -> None:
+        """Indexes newer code declares on tables an older version created (create_all makes
+        indexes only with their tables). One that existing rows violate is left out, logged."""
+        for table in Base.metadata.sorted_tables:
+            for index in table.indexes:
+                try:
+                    with conn.begin_nested():
+                        # IF NOT EXISTS: reflection cannot see expression indexes on SQLite.
+                        conn.execute(CreateIndex(index, if_not_exists=True))
+                except IntegrityError:
+                    log.warning("index %s not created: existing rows violate it", index.name)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

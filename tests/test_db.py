@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from chatdf.db import Database
 
 
+@pytest.mark.filterwarnings("ignore:Skipped unsupported reflection of expression-based index")
 def test_create_schema_is_idempotent_and_indexed(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'a.db'}")
     db.create_schema()
@@ -77,3 +79,38 @@ def test_edges_starting_together_all_create_the_schema(tmp_path: Path) -> None:
         assert [proc.exitcode for proc in procs] == [0] * 6
         tables = set(inspect(Database(url).engine).get_table_names())
         assert {"users", "conversations", "messages", "token_usage"} <= tables
+
+
+def test_the_database_refuses_two_tables_of_one_name(tmp_path: Path) -> None:
+    """A rename and an admission racing for one name: the unique index refuses the second,
+    whatever case it is written in."""
+    from sqlalchemy.exc import IntegrityError
+
+    from chatdf.db import Conversation, Dataset, User
+
+    db = Database(f"sqlite:///{tmp_path / 'names.db'}")
+    db.create_schema()
+    with db.session() as s:
+        user = User(email="n@example.com")
+        s.add(user)
+        s.flush()
+        conv = Conversation(user_id=user.id)
+        s.add(conv)
+        s.flush()
+        s.add(Dataset(conversation_id=conv.id, url="http://a/1.csv", name="sales"))
+        conv_id = conv.id
+    with pytest.raises(IntegrityError), db.session() as s:
+        s.add(Dataset(conversation_id=conv_id, url="http://a/2.csv", name="SALES"))
+
+
+def test_an_older_database_gets_the_new_unique_index(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    Database(f"sqlite:///{path}").create_schema()
+    with sqlite3.connect(path) as raw:
+        raw.execute("DROP INDEX uq_datasets_conversation_name")
+    Database(f"sqlite:///{path}").create_schema()
+    with sqlite3.connect(path) as raw:
+        names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "uq_datasets_conversation_name" in names

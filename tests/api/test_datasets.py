@@ -221,3 +221,17 @@ def test_an_actor_dying_under_a_call_twice_is_503_in_the_error_body(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no traceback logged
     assert "session actor unavailable" in caplog.text
     client.close()
+
+
+def test_a_table_cannot_be_named_like_a_table_function(
+    live: LiveServer, data_server: FakeDataServer
+) -> None:
+    """The SQL guard refuses read_*/scan_* names, so a table may not take one."""
+    client, conv = signed_in(live)
+    url = data_server.add("/fn.csv", csv_bytes())
+    dataset = client.post(f"/conversations/{conv}/datasets", json={"url": url}).json()
+    path = f"/conversations/{conv}/datasets/{dataset['dataset_id']}"
+    for name in ["read_csv", "SCAN_parquet"]:
+        r = client.patch(path, json={"table_name": name})
+        assert r.status_code == 400
+        assert r.json()["error"] == f"'{name}' is reserved for SQL table functions (read_*, scan_*)"
