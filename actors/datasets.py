@@ -167,9 +167,11 @@ class DatasetLoader:
             return dataset_json(row)
 
     async def _inspect(self, url: str) -> dict[str, Any]:
-        from actors.tasks import load_dataset_task
+        from actors.tasks import LOAD_SLOT, load_dataset_task, slot_options
 
-        ref = load_dataset_task.remote(url, self.settings.for_tasks())
+        ref = load_dataset_task.options(**slot_options(LOAD_SLOT)).remote(
+            url, self.settings.for_tasks()
+        )
         try:
             result: dict[str, Any] = await asyncio.wait_for(
                 ref, timeout=self.settings.dataset_total_timeout_s + 5

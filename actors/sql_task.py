@@ -23,12 +23,14 @@ SANDBOX_DENIED = "The query tried to read something other than its tables and wa
 def stream_sql(
     sql: str, tables: list[dict[str, Any]], settings: Settings
 ) -> Iterator[dict[str, Any]]:
-    """Yields {"kind": "rows", ...result} then, when truncated, {"kind": "count", total_rows}.
+    """Yields {"kind": "started"}, {"kind": "rows", ...result}, then when truncated
+    {"kind": "count", total_rows}.
 
     Two items so that the caller has the rows even when the full count does not finish in
     time. Failures are yielded as {"kind": "error", "exception": ChatdfError}. The query runs
     in a confined process (`actors.sql_sandbox`) that can read only the tables it names.
     """
+    yield {"kind": "started"}  # the caller's time limit starts now, not while queued
     with contextlib.closing(_run(sql, tables, settings)) as items:
         try:
             _, result = next(items, ("rows", None))

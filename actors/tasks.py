@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,6 +51,35 @@ def sql_task(
 load_dataset_task = ray.remote(max_retries=0, num_cpus=0.5)(load_dataset)
 run_sql_task = ray.remote(num_returns="streaming", max_retries=0, retry_exceptions=False)(sql_task)
 
+# Custom Ray resources that bound concurrent work per node (docs/sql.md, "Slots"). A node that
+# advertises them (the embedded Ray does; a cluster node with `ray start --resources`) runs
+# that many queries / loads at once, each with no CPU reserved: a footer read is I/O, and a
+# query's Polars threads share the node's cores. Without them, the CPU shapes above apply.
+QUERY_SLOT = "chatdf_query"
+LOAD_SLOT = "chatdf_load"
+_SLOTS_RECHECK_S = 30.0
+_slots_seen: dict[str, float] = {}  # resource -> when it was last looked for (absent)
+_user_queries: asyncio.Semaphore | None = None  # this process is one user's session actor
+
+
+def slot_options(resource: str) -> dict[str, Any]:
+    """Task options that take one `resource` slot instead of CPU, when the cluster has it."""
+    checked = _slots_seen.get(resource)
+    now = time.monotonic()
+    if checked is None or (checked > 0 and now - checked > _SLOTS_RECHECK_S):
+        has = resource in ray.cluster_resources()  # type: ignore[no-untyped-call]
+        _slots_seen[resource] = 0.0 if has else now  # 0.0: seen, never look again
+    if _slots_seen[resource] == 0.0:
+        return {"num_cpus": 0, "resources": {resource: 1}}
+    return {}
+
+
+def _user_query_slots(settings: Settings) -> asyncio.Semaphore:
+    global _user_queries
+    if _user_queries is None:
+        _user_queries = asyncio.Semaphore(max(1, settings.query_max_concurrent_per_user))
+    return _user_queries
+
 
 @contextlib.contextmanager
 def _portable_errors() -> Iterator[None]:
@@ -80,10 +110,31 @@ async def run_sql(sql: str, tables: list[dict[str, Any]], settings: Settings) ->
     task; the Polars cross-check runs in the task, before it reads anything.
     """
     check_sql(sql, [t["name"] for t in tables], settings.max_sql_chars, cross_check=False)
-    task = run_sql_task.options(memory=settings.query_memory_bytes).remote(
-        sql, tables, settings.for_tasks()
-    )
+    async with _user_query_slots(settings):  # QUERY_MAX_CONCURRENT_PER_USER
+        return await _run_task(sql, tables, settings)
+
+
+async def _run_task(sql: str, tables: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
+    """Submit, wait for a node's query slot (bounded), then run within QUERY_TIMEOUT_S: the
+    time limit starts when the query starts, so waiting for a slot never eats it."""
+    options = {"memory": settings.query_memory_bytes, **slot_options(QUERY_SLOT)}
+    task = run_sql_task.options(**options).remote(sql, tables, settings.for_tasks())
     loop = asyncio.get_running_loop()
+    try:
+        started = await _next_item(task, settings.query_queue_timeout_s)
+    except TimeoutError:
+        ray.cancel(task, force=True)
+        raise SqlFailed(
+            f"No query slot was free within {_seconds(settings.query_queue_timeout_s)}; "
+            "the service is busy, try again"
+        ) from None
+    except asyncio.CancelledError:
+        ray.cancel(task, force=True)
+        raise
+    except RayError as exc:
+        raise _explain_ray_error(exc) from None
+    if started is None or started["kind"] != "started":
+        raise SqlFailed("The query ended without a result")
     deadline = loop.time() + settings.query_timeout_s
     try:
         first = await _next_item(task, deadline - loop.time())

@@ -85,10 +85,21 @@ def _init_ray(settings: Settings) -> None:
     else:
         embedded_ray.start(
             num_cpus=settings.ray_num_cpus,
+            resources=node_slots(settings),
             include_dashboard=False,
             namespace=settings.ray_namespace,
             log_to_driver=False,
         )
+
+
+def node_slots(settings: Settings) -> dict[str, float]:
+    """The embedded node's query and load slots (custom resources; docs/sql.md)."""
+    from actors.tasks import LOAD_SLOT, QUERY_SLOT
+
+    return {
+        QUERY_SLOT: settings.query_slots_per_node,
+        LOAD_SLOT: settings.dataset_load_slots_per_node,
+    }
 
 
 def close_stale_loads(db: Database, settings: Settings) -> None:

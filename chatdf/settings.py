@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     query_memory_bytes: int = 2 * 1024**3
     max_sql_chars: int = 20_000
     query_max_result_bytes: int = 8 * 1024**2  # the rows' JSON; past it rows are truncated
+    query_max_concurrent_per_user: int = 2  # one user's queries at once; more wait their turn
+    query_slots_per_node: int = 4  # the embedded Ray's query slots (a cluster: ray start)
+    query_queue_timeout_s: float = 120.0  # longest wait for a free query slot
+    dataset_load_slots_per_node: int = 8  # the embedded Ray's load slots
     # auto: run each query confined by Landlock where the kernel has it (else warn once);
     # required: refuse to run SQL without it; off: no file/network confinement (docs/sql.md).
     sql_sandbox: Literal["auto", "required", "off"] = "auto"

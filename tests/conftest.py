@@ -11,6 +11,7 @@ import pytest
 import ray
 
 from api import embedded_ray
+from api.app import node_slots
 from chatdf.settings import Settings
 from tests.fakes.fake_data_server import data_server
 from tests.fakes.fake_gemini import fake_gemini, gemini_settings
@@ -28,6 +29,7 @@ def ray_session() -> Iterator[None]:
     if not ray.is_initialized():
         embedded_ray.start(
             num_cpus=4,
+            resources=node_slots(Settings()),
             include_dashboard=False,
             namespace="chatdf-tests",
             log_to_driver=False,

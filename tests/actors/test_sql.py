@@ -223,8 +223,8 @@ def test_a_copy_removed_before_the_query_opens_it_is_fetched_again(
 
     monkeypatch.setattr(dataset_task, "ensure_local", ensure_then_lose)
     items = list(stream_sql("SELECT sum(revenue) AS total FROM table1", tables, settings))
-    assert [item["kind"] for item in items] == ["rows"]
-    assert items[0]["rows"] == [[65.75]]
+    assert [item["kind"] for item in items] == ["started", "rows"]
+    assert items[1]["rows"] == [[65.75]]
     assert len(handed) == 2
     assert data_server.requests["/table1.parquet"] == 2  # downloaded again, once
 
@@ -245,9 +245,9 @@ def test_a_copy_that_keeps_disappearing_is_a_clear_error(
 
     monkeypatch.setattr(dataset_task, "ensure_local", always_lose)
     items = list(stream_sql("SELECT * FROM table1", tables, settings))
-    assert [item["kind"] for item in items] == ["error"]
-    assert isinstance(items[0]["exception"], SqlFailed)
-    assert "disappeared" in items[0]["exception"].error
+    assert [item["kind"] for item in items] == ["started", "error"]
+    assert isinstance(items[1]["exception"], SqlFailed)
+    assert "disappeared" in items[1]["exception"].error
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -438,3 +438,50 @@ async def test_slow_count_leaves_total_unknown(
     )
     assert (len(result["rows"]), result["truncated"], result["total_rows"]) == (1000, True, None)
     assert wait_until(lambda: sql_workers_running() == 0)
+
+
+# Slots: per node and per user; waiting never eats the time limit --------------------------
+
+
+@pytest.mark.usefixtures("ray_session")
+async def test_a_query_takes_a_node_slot_not_a_cpu(
+    served: Callable[..., dict[str, Any]], settings: Settings
+) -> None:
+    from actors.tasks import QUERY_SLOT
+
+    tables = [served("table1", pl.DataFrame({"n": range(20_000)}))]
+    slots = ray.cluster_resources()[QUERY_SLOT]  # type: ignore[no-untyped-call]
+    cpus = ray.available_resources().get("CPU", 0)  # type: ignore[no-untyped-call]
+    runner = asyncio.ensure_future(run_sql(SLOW_SQL, tables, settings))
+    assert await asyncio.to_thread(wait_until, lambda: sql_workers_running() == 1)
+    available = ray.available_resources()  # type: ignore[no-untyped-call]
+    assert available.get(QUERY_SLOT, 0) == slots - 1
+    assert available.get("CPU", 0) == cpus  # no CPU reserved: Polars' threads share the cores
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await runner
+    assert wait_until(lambda: query_processes_running() == 0)
+
+
+@pytest.mark.usefixtures("ray_session")
+async def test_one_users_queries_take_turns_and_waiting_does_not_eat_the_limit(
+    served: Callable[..., dict[str, Any]], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QUERY_MAX_CONCURRENT_PER_USER=1: the second query waits for the first (cancelled at its
+    3 s limit) and then gets its own full limit: it succeeds after more than 3 s in total."""
+    from actors import tasks
+
+    monkeypatch.setattr(tasks, "_user_queries", None)
+    settings.query_max_concurrent_per_user = 1
+    settings.query_timeout_s = 3
+    tables = [served("table1", pl.DataFrame({"n": range(20_000)}))]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    slow = asyncio.ensure_future(run_sql(SLOW_SQL, tables, settings))
+    assert await asyncio.to_thread(wait_until, lambda: sql_workers_running() == 1)
+    quick = asyncio.ensure_future(run_sql("SELECT count(*) AS n FROM table1", tables, settings))
+    assert tasks._user_queries is not None and tasks._user_queries.locked()
+    with pytest.raises(SqlFailed, match="took longer than 3 seconds"):
+        await slow
+    assert (await quick)["rows"] == [[20_000]]
+    assert loop.time() - started > 3
