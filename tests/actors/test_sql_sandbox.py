@@ -136,6 +136,7 @@ def _environment_after_preparing(conn: Any) -> None:
 def test_the_query_process_holds_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GEMINI_API_KEY", "sk-secret-key")
     monkeypatch.setenv("DATABASE_URL", "postgresql://u:pw@db/chatdf")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "ray-cluster-token")
     context = multiprocessing.get_context("forkserver")
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_environment_after_preparing, args=(sender,))
@@ -143,6 +144,7 @@ def test_the_query_process_holds_no_secret(monkeypatch: pytest.MonkeyPatch) -> N
     environment, proc_environ = receiver.recv()
     process.join()
     assert "GEMINI_API_KEY" not in environment and "DATABASE_URL" not in environment
+    assert "RAY_AUTH_TOKEN" not in environment
     assert proc_environ == "denied"  # nor another process's environment through /proc
 
 
