@@ -67,6 +67,10 @@ def validate_url(url: str) -> None:
         _SHAPE_POLICY.check_url(url)
     except BlockedURLError as refused:
         raise DatasetError(INVALID_URL, _only_http_hint(refused.reason)) from None
+    try:
+        _ = httpx.URL(url).host  # as the fetch client parses it: a bad IDNA label fails here
+    except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
+        raise DatasetError(INVALID_URL, f"the host name is not valid ({exc})"[:300]) from None
 
 
 def _only_http_hint(reason: str) -> str:

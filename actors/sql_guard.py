@@ -8,7 +8,7 @@ from collections.abc import Collection
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
-from sqlglot.tokenizer_core import TokenType
+from sqlglot.tokenizer_core import Token, TokenType
 from sqlglot.tokens import Tokenizer
 
 from chatdf.errors import SqlRefused
@@ -63,17 +63,38 @@ def check_sql(
         raise SqlRefused(
             f"The SQL is too long ({len(sql):,} characters; at most {max_chars:,} are allowed)"
         )
-    _refuse_ambiguous_lexing(sql)
-    query = _parse_single_select(sql)
-    registered = {name.lower(): name for name in table_names}
-    cte_names = {cte.alias_or_name.lower() for cte in query.find_all(exp.CTE)}
-    _refuse_forbidden_nodes(query)
-    _refuse_file_functions(query)
-    _refuse_file_function_names(query)
-    used = _check_table_references(query, registered)
-    if cross_check:
-        _cross_check_with_polars(sql, registered, cte_names)
+    _refuse_deep_nesting(_refuse_ambiguous_lexing(sql))
+    try:
+        query = _parse_single_select(sql)
+        registered = {name.lower(): name for name in table_names}
+        cte_names = {cte.alias_or_name.lower() for cte in query.find_all(exp.CTE)}
+        _refuse_forbidden_nodes(query)
+        _refuse_file_functions(query)
+        _refuse_file_function_names(query)
+        used = _check_table_references(query, registered)
+        if cross_check:
+            _cross_check_with_polars(sql, registered, cte_names)
+    except RecursionError:  # a shape the depth bound below did not foresee
+        raise SqlRefused(TOO_DEEP) from None
     return sorted(used)
+
+
+MAX_NESTING = 64  # parentheses, and unary operators in a row (NOT NOT ..., - - ...)
+TOO_DEEP = f"The SQL is nested too deeply (at most {MAX_NESTING} levels); write it more simply"
+_UNARY = {TokenType.NOT, TokenType.DASH, TokenType.PLUS, TokenType.TILDE}
+
+
+def _refuse_deep_nesting(tokens: list[Token]) -> None:
+    """Both parsers recurse per level: bound the levels before either runs."""
+    depth = run = 0
+    for token in tokens:
+        if token.token_type == TokenType.L_PAREN:
+            depth += 1
+        elif token.token_type == TokenType.R_PAREN:
+            depth -= 1
+        run = run + 1 if token.token_type in _UNARY else 0
+        if depth > MAX_NESTING or run > MAX_NESTING:
+            raise SqlRefused(TOO_DEEP)
 
 
 # What may stand between two tokens: whitespace, `--` comments ended by a newline, and
@@ -90,7 +111,7 @@ LEXING_REFUSED = (
 )
 
 
-def _refuse_ambiguous_lexing(sql: str) -> None:
+def _refuse_ambiguous_lexing(sql: str) -> list[Token]:
     """Refuse text whose strings, quoted names or comments the two parsers could split apart.
 
     The checks run on sqlglot's reading and Polars executes its own: were the two to disagree
@@ -120,6 +141,7 @@ def _refuse_ambiguous_lexing(sql: str) -> None:
             raise SqlRefused(LEXING_REFUSED.format(what=f"{raw[:20]!r}"))
         position = token.end + 1
     _refuse_gap(sql, position, len(sql))
+    return tokens
 
 
 def _refuse_gap(sql: str, start: int, end: int) -> None:

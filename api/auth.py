@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import COOKIE_NAME, CurrentUser, DbDep, SettingsDep, token_from
 from api.rate_limit import SignInRateLimit
+from api.routing import CheckedRoute
 from chatdf.db import Database, OAuthState, User
 from chatdf.errors import BadRequest, Forbidden, NotFound, UpstreamFailed
 from chatdf.settings import Settings, is_loopback_host
@@ -33,7 +34,7 @@ from chatdf.store import (
     user_json,
 )
 
-router = APIRouter(prefix="/auth", tags=["auth"])
+router = APIRouter(prefix="/auth", tags=["auth"], route_class=CheckedRoute)
 
 OAUTH_COOKIE = "oauth_browser"  # binds a sign-in's state to the browser that started it
 

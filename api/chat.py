@@ -14,8 +14,11 @@ from api.deps import (
     call_actor,
     call_actor_if_running,
 )
+from api.routing import CheckedRoute
 
-router = APIRouter(prefix="/conversations/{conversation_id}", tags=["chat"])
+router = APIRouter(
+    prefix="/conversations/{conversation_id}", tags=["chat"], route_class=CheckedRoute
+)
 
 
 class MessageBody(BaseModel):

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from api.deps import CurrentUser, DbDep, SettingsDep, call_actor_if_running
+from api.routing import CheckedRoute
 from chatdf.db import Conversation, iso
 from chatdf.store import (
     conversation_detail,
@@ -18,7 +19,7 @@ from chatdf.store import (
     validate_title,
 )
 
-router = APIRouter(prefix="/conversations", tags=["conversations"])
+router = APIRouter(prefix="/conversations", tags=["conversations"], route_class=CheckedRoute)
 
 
 class CreateBody(BaseModel):

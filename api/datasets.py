@@ -10,12 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import CurrentUser, DbDep, OwnedConversationId, SettingsDep, call_actor
+from api.routing import CheckedRoute
 from chatdf.db import Dataset
 from chatdf.errors import BadRequest, NotFound
 from chatdf.sql_names import is_reserved_word
 from chatdf.store import dataset_json, datasets_of, owned_conversation, touch
 
-router = APIRouter(prefix="/conversations/{conversation_id}/datasets", tags=["datasets"])
+router = APIRouter(
+    prefix="/conversations/{conversation_id}/datasets", tags=["datasets"], route_class=CheckedRoute
+)
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,49}$")
 FILE_FUNCTION_NAME = re.compile(r"^(read|scan)_", re.IGNORECASE)  # the SQL guard refuses them

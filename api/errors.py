@@ -77,7 +77,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else None
-        sentence = _STATUS_SENTENCES.get(exc.status_code, "Request failed")
+        own = getattr(exc, "error", None)  # api.routing.BodyRefused
+        sentence = own or _STATUS_SENTENCES.get(exc.status_code, "Request failed")
         status = 400 if exc.status_code == 422 else exc.status_code
         return error_response(status, sentence, detail if detail != sentence else None)
 

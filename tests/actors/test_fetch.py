@@ -291,3 +291,15 @@ def test_connects_to_the_checked_address_with_the_original_host(
     assert {seen["host"] for seen in data_server.headers_seen["/f"]} == {
         f"data.example:{data_server.port}"
     }
+
+
+@pytest.mark.parametrize(
+    "url", ["http://\uff11\uff12\uff13.example.com/x.csv", "http://xn--zz.example/x"]
+)
+def test_an_invalid_idna_host_is_an_invalid_url(url: str) -> None:
+    """It passed the shape check and then crashed the load task inside the HTTP client."""
+    from actors.fetch import validate_url
+
+    with pytest.raises(DatasetError) as info:
+        validate_url(url)
+    assert info.value.error == "Invalid URL format"

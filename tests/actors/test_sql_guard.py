@@ -335,3 +335,25 @@ def test_constructs_the_parsers_could_read_apart_are_refused(sql: str, secret: P
 )
 def test_plain_strings_names_and_comments_still_pass(sql: str) -> None:
     assert check_sql(sql, TABLES, MAX_CHARS) == ["table1"]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT " + "(" * 2000 + "1" + ")" * 2000,
+        "SELECT " + "NOT " * 3000 + "true",
+        "SELECT " + "- " * 3000 + "1",
+        "SELECT * FROM table1 WHERE " + "(" * 65 + "true" + ")" * 65,
+    ],
+)
+def test_deep_nesting_is_a_refusal_not_a_crash(sql: str) -> None:
+    """Both parsers recurse per level: 2,000 parentheses used to raise RecursionError (500)."""
+    assert (
+        refusal(sql).error
+        == "The SQL is nested too deeply (at most 64 levels); write it more simply"
+    )
+
+
+def test_reasonable_nesting_still_passes() -> None:
+    sql = "SELECT * FROM table1 WHERE " + "(" * 20 + "NOT NOT revenue > 1" + ")" * 20
+    assert check_sql(sql, TABLES, MAX_CHARS) == ["table1"]

@@ -164,7 +164,6 @@ def test_missing_fields_and_wrong_types_are_400(client: httpx.Client, conv: str)
 
 
 def test_bad_sql_bodies_are_400(client: httpx.Client, conv: str) -> None:
-    pytest.importorskip("actors.sql")  # the SQL runner lands separately
     for body in ({}, {"sql": 5}, {"sql": ""}, {"sql": None}, {"sql": ["SELECT 1"]}):
         assert_error(client.post(f"/conversations/{conv}/query", json=body), 400)
 
@@ -296,3 +295,51 @@ def test_body_just_under_the_limit_is_not_413(client: httpx.Client) -> None:
     body = b'{"title": "' + b"x" * (MIB - 100) + b'"}'
     r = client.post("/conversations", content=body, headers={"Content-Type": "application/json"})
     assert_error(r, 400)  # too long a title, but read and judged, not refused for size
+
+
+# Bad input that used to answer 500 (issue 11) ----------------------------------------------
+
+
+def post_raw(client: httpx.Client, path: str, raw_json: str) -> httpx.Response:
+    """A body as literal JSON text (json= would refuse to encode a lone surrogate)."""
+    return client.post(path, content=raw_json, headers={"Content-Type": "application/json"})
+
+
+def test_lone_surrogates_are_400_and_change_nothing(client: httpx.Client, conv: str) -> None:
+    before = client.get(f"/conversations/{conv}").json()
+    for path, raw in [
+        ("/conversations", '{"title": "bad \\ud800 title"}'),
+        (f"/conversations/{conv}/messages", '{"content": "hi \\udfff"}'),
+        (f"/conversations/{conv}/datasets", '{"url": "http://example.com/\\ud800.csv"}'),
+    ]:
+        r = post_raw(client, path, raw)
+        body = assert_error(r, 400)
+        assert (
+            body["error"]
+            == "The request contains text that is not valid Unicode (a lone surrogate)"
+        )
+    r = client.patch(
+        f"/conversations/{conv}",
+        content='{"title": "\\ud800"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert_error(r, 400)
+    assert client.get(f"/conversations/{conv}").json() == before
+    assert client.get("/health").status_code == 200  # the same keep-alive connection lives
+
+
+def test_deeply_nested_sql_is_400_on_a_live_connection(client: httpx.Client, conv: str) -> None:
+    sql = "SELECT " + "(" * 2000 + "1" + ")" * 2000
+    body = assert_error(client.post(f"/conversations/{conv}/query", json={"sql": sql}), 400)
+    assert body["error"].startswith("The SQL is nested too deeply")
+    sql = "SELECT " + "NOT " * 3000 + "true"
+    assert_error(client.post(f"/conversations/{conv}/query", json={"sql": sql}), 400)
+    assert client.get("/health").status_code == 200
+
+
+def test_invalid_idna_host_is_invalid_url_format(client: httpx.Client, conv: str) -> None:
+    for url in ["http://\uff11\uff12\uff13.example.com/x.csv", "http://xn--zz.example/x.csv"]:
+        r = client.post(f"/conversations/{conv}/datasets", json={"url": url})
+        body = assert_error(r, 400)
+        assert body["error"] == "Invalid URL format"
+    assert client.get(f"/conversations/{conv}").json()["datasets"] == []
