@@ -364,6 +364,7 @@ class BaselineServer(Server):
 @dataclass
 class Turn:
     posted: float = 0.0
+    accepted: float | None = None  # the POST's 202 arrived
     first: float | None = None
     complete: float | None = None
     error: str | None = None
@@ -522,6 +523,7 @@ class Client:
         except httpx.HTTPError as exc:
             turn.error = f"POST messages {type(exc).__name__}"
         else:
+            turn.accepted = time.time()
             if r.status_code != 202:
                 turn.error = f"POST messages {r.status_code}"
         if turn.error is None:
@@ -615,6 +617,7 @@ class Options:
     turn_deadline_s: float
     level_limit_s: float
     one_server: bool = False
+    pss_cap_bytes: int = SERVER_PSS_CAP_BYTES
 
 
 async def opened(client: Client, users: list[User], timeout: float) -> tuple[list[float], int]:
@@ -647,6 +650,7 @@ async def turns(
         "completed": len(ok),
         "failed": len(users) - len(ok),
         "errors": dict(Counter(t.error for t in done if t.error)),
+        "post_202_s": dist([t.accepted - t.posted for t in done if t.accepted is not None]),
         "first_token_s": dist([t.first - t.posted for t in done if t.first is not None]),
         "complete_s": dist([t.complete - t.posted for t in ok if t.complete is not None]),
         "token_latency_s": dist(latencies),
@@ -833,7 +837,7 @@ async def guarded(level: Level, server: Server, opts: Options) -> dict[str, Any]
         checks += 1
         if reason is None:
             pss = server.meter.pss_total() if server.meter and checks % 3 == 0 else 0
-            if pss > SERVER_PSS_CAP_BYTES:
+            if pss > opts.pss_cap_bytes:
                 reason = f"stopped: the server held {pss / 2**30:.1f} GiB PSS (cap)"
             elif psutil.virtual_memory().available < FREE_FLOOR_BYTES:
                 reason = "stopped: the machine ran low on free memory"
@@ -919,6 +923,7 @@ def get(d: Any, *path: str) -> Any:
 
 FIGURES: list[tuple[str, tuple[str, ...], str]] = [
     # (label, path inside a level's result, unit) — what the table shows for each level kind
+    ("POST → 202 p50", ("post_202_s", "p50"), "s"),
     ("POST → first token p50", ("first_token_s", "p50"), "s"),
     ("POST → chat_complete p50", ("complete_s", "p50"), "s"),
     ("POST → chat_complete p99", ("complete_s", "p99"), "s"),
@@ -1339,6 +1344,7 @@ async def amain(args: argparse.Namespace) -> int:
             turn_deadline_s=args.turn_deadline,
             level_limit_s=args.level_limit,
             one_server=args.quick,
+            pss_cap_bytes=int(args.pss_cap_gib * 2**30),
         )
         classes = {"baseline": BaselineServer, "chatdf": ChatdfServer}
         for name in args.servers:
@@ -1421,6 +1427,12 @@ def main() -> int:
         type=float,
         default=360.0,
         help="seconds one level may take before it is aborted",
+    )
+    parser.add_argument(
+        "--pss-cap-gib",
+        type=float,
+        default=SERVER_PSS_CAP_BYTES / 2**30,
+        help="stop a level when the server's process tree holds more PSS than this",
     )
     args = parser.parse_args()
     for text in args.levels or []:
