@@ -14,13 +14,14 @@ from datetime import timedelta
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
 from starlette.datastructures import Headers
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import auth, chat, conversations, datasets, embedded_ray, health, usage
 from api.deps import COOKIE_NAME, NOT_SIGNED_IN, authenticate, token_from
-from api.errors import error_response, install_error_handlers
+from api.errors import DATABASE_UNAVAILABLE, error_response, install_error_handlers
 from chatdf.db import Database, Dataset, utcnow
 from chatdf.settings import SAMPLE_PATH, Settings
 from ws.connections import ConnectionManager
@@ -177,7 +178,12 @@ class AuthFirst:
             request = Request(scope)
             token, source = token_from(request)
             db = request.app.state.db
-            user = await asyncio.to_thread(authenticate, db, self.settings, token)
+            try:
+                user = await asyncio.to_thread(authenticate, db, self.settings, token)
+            except OperationalError:  # locked or down: say so in the error body, not a 500
+                log.warning("database unavailable while checking a session")
+                await error_response(503, DATABASE_UNAVAILABLE)(scope, receive, send)
+                return
             if user is None:
                 await error_response(401, NOT_SIGNED_IN)(scope, receive, send)
                 return
@@ -214,7 +220,7 @@ class AuthFirst:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    db = Database(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url, busy_timeout_s=settings.database_busy_timeout_s)
     db.create_schema()
     close_stale_loads(db, settings)
     app.state.db = db
@@ -242,6 +248,10 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="chatdf", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     install_error_handlers(app)
+    app.add_middleware(AuthFirst, settings=settings)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    # Added last, so outermost: the 401 and 413 answers above carry CORS headers too, and a
+    # browser app sees "signed out" rather than a CORS error.
     app.add_middleware(
         ContractCORS,
         allow_origins=settings.allowed_origins,
@@ -249,9 +259,6 @@ def create_app(settings: Settings) -> FastAPI:
         allow_methods=["*"],
         allow_headers=["*"],
     )
-
-    app.add_middleware(AuthFirst, settings=settings)
-    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 
     for module in (health, auth, conversations, datasets, chat, usage):
         app.include_router(module.router)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, status
@@ -75,13 +76,20 @@ async def delete_conversation(
     conversation_id: str, user: CurrentUser, db: DbDep, settings: SettingsDep
 ) -> dict[str, bool]:
     """Deletes a conversation with its messages and datasets (a running turn is stopped)."""
-    with db.session() as s:
-        owned_conversation(s, user.id, conversation_id)
+
+    def check() -> None:
+        with db.session() as s:
+            owned_conversation(s, user.id, conversation_id)
+
+    def delete() -> None:
+        with db.session() as s:
+            conv = s.get(Conversation, conversation_id)
+            if conv is not None:
+                s.delete(conv)
+
+    await asyncio.to_thread(check)  # database calls run off the event loop
     await call_actor_if_running(settings, user.id, "forget_conversation", conversation_id)
-    with db.session() as s:
-        conv = s.get(Conversation, conversation_id)
-        if conv is not None:
-            s.delete(conv)
+    await asyncio.to_thread(delete)
     return {"success": True}
 
 
@@ -90,12 +98,18 @@ async def delete_all_conversations(
     user: CurrentUser, db: DbDep, settings: SettingsDep
 ) -> dict[str, Any]:
     """Deletes every conversation of the user."""
-    with db.session() as s:
-        ids = list(s.scalars(select(Conversation.id).where(Conversation.user_id == user.id)))
-    for conversation_id in ids:
+
+    def ids() -> list[str]:
+        with db.session() as s:
+            return list(s.scalars(select(Conversation.id).where(Conversation.user_id == user.id)))
+
+    def delete() -> int:
+        with db.session() as s:
+            rows = s.scalars(select(Conversation).where(Conversation.user_id == user.id)).all()
+            for conv in rows:
+                s.delete(conv)
+            return len(rows)
+
+    for conversation_id in await asyncio.to_thread(ids):
         await call_actor_if_running(settings, user.id, "forget_conversation", conversation_id)
-    with db.session() as s:
-        rows = s.scalars(select(Conversation).where(Conversation.user_id == user.id)).all()
-        for conv in rows:
-            s.delete(conv)
-        return {"success": True, "deleted_count": len(rows)}
+    return {"success": True, "deleted_count": await asyncio.to_thread(delete)}

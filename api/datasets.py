@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -95,8 +96,12 @@ async def refresh_dataset(
     conversation_id: str, dataset_id: str, user: CurrentUser, db: DbDep, settings: SettingsDep
 ) -> dict[str, Any]:
     """Re-reads the dataset's schema from its URL (502 when the URL no longer answers)."""
-    with db.session() as s:
-        find_dataset(s, user.id, conversation_id, dataset_id)
+
+    def check() -> None:
+        with db.session() as s:
+            find_dataset(s, user.id, conversation_id, dataset_id)
+
+    await asyncio.to_thread(check)  # never a database call on the event loop
     result: dict[str, Any] = await call_actor(
         settings, user.id, "refresh_dataset", conversation_id, dataset_id
     )

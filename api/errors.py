@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray.exceptions import RayActorError
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatdf.errors import ChatdfError
@@ -16,6 +16,7 @@ from chatdf.errors import ChatdfError
 log = logging.getLogger(__name__)
 
 SESSION_RESTARTING = "The session is restarting; try again in a moment"
+DATABASE_UNAVAILABLE = "The database is busy or unavailable; try again in a moment"
 
 _STATUS_SENTENCES = {
     400: "Bad request",
@@ -66,6 +67,11 @@ def install_error_handlers(app: FastAPI) -> None:
         details = str(getattr(inner, "orig", None) or inner).splitlines()[0][:200]
         return error_response(400, UNSTORABLE, details)
 
+    @app.exception_handler(OperationalError)
+    async def database_unavailable(_req: Request, exc: OperationalError) -> JSONResponse:
+        log.warning("database unavailable: %s", str(exc).splitlines()[0][:200])
+        return error_response(503, DATABASE_UNAVAILABLE)
+
     @app.exception_handler(RayActorError)
     async def actor_gone(_req: Request, exc: RayActorError) -> JSONResponse:
         # The user's session actor died under the call, twice (call_actor re-creates it once):
@@ -89,5 +95,7 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(inner.status, inner.error, inner.details)
         if isinstance(inner, RayActorError):
             return error_response(503, SESSION_RESTARTING)
+        if isinstance(inner, OperationalError):
+            return error_response(503, DATABASE_UNAVAILABLE)
         log.exception("unexpected error")
         return error_response(500, "Internal server error")

@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     # Storage and runtime
     database_url: str = ""  # empty: sqlite file under ./data/
     data_dir: str = "./data"
+    database_busy_timeout_s: float = 30.0  # SQLite: how long a request waits for a lock (503)
     ray_address: str = ""  # empty: start an embedded local Ray
     ray_namespace: str = "chatdf"
     ray_num_cpus: int | None = None  # embedded Ray only

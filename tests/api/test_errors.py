@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from chatdf.settings import Settings
 from tests.live import LiveServer
 
 PUBLIC = {
@@ -343,3 +344,52 @@ def test_invalid_idna_host_is_invalid_url_format(client: httpx.Client, conv: str
         body = assert_error(r, 400)
         assert body["error"] == "Invalid URL format"
     assert client.get(f"/conversations/{conv}").json()["datasets"] == []
+
+
+# The database busy, CORS on every answer (issue 11) ----------------------------------------
+
+
+def test_a_locked_database_is_503_and_never_freezes_the_edge(
+    ray_session: None, settings: Settings
+) -> None:
+    """A write lock held elsewhere: requests that need the database answer 503 in the error
+    body once the busy timeout passes, and meanwhile the edge keeps answering others."""
+    import sqlite3
+    import threading
+
+    server = LiveServer(settings.model_copy(update={"database_busy_timeout_s": 1.0})).start()
+    try:
+        token, _uid, client = server.login("busy@example.com")
+        locker = sqlite3.connect(settings.resolved_database_url.removeprefix("sqlite:///"))
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            results: list[httpx.Response] = []
+            writer = threading.Thread(target=lambda: results.append(client.post("/conversations")))
+            writer.start()
+            with httpx.Client(base_url=server.url) as other:  # not frozen behind the writer
+                assert other.get("/nope").status_code == 404
+            writer.join(30)
+            body = assert_error(results[0], 503)
+            assert body["error"] == "The database is busy or unavailable; try again in a moment"
+        finally:
+            locker.rollback()
+            locker.close()
+        assert client.post("/conversations").status_code == 201  # and back once it is free
+        client.close()
+    finally:
+        server.stop()
+
+
+def test_401_and_413_carry_cors_headers(live: LiveServer) -> None:
+    origin = live.settings.allowed_origins[0]
+    with httpx.Client(base_url=live.url, headers={"Origin": origin}) as browser:
+        r = browser.get("/conversations")
+        assert r.status_code == 401
+        assert r.headers["access-control-allow-origin"] == origin
+        r = browser.post(
+            "/auth/dev-login",
+            content=b"x" * (2 * 1024 * 1024),
+            headers={"Content-Type": "application/json"},
+        )
+        assert r.status_code == 413
+        assert r.headers["access-control-allow-origin"] == origin
