@@ -72,7 +72,7 @@ def chat_live(ray_session: None, gemini_settings: Settings) -> Iterator[LiveServ
 def _session_actors_end_with_the_test() -> Iterator[None]:
     """Kill the session actors a test left behind.
 
-    They are detached and would otherwise live until their idle timeout (15 min): by the end of
+    They are detached and would otherwise live until their idle timeout (2 min): by the end of
     the suite, hundreds of idle actor processes (~50 MB and a little CPU each) on a 2-core CI
     machine. Each test makes its own users, so none of them is needed by a later test.
     """
