@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 Publish = Callable[[dict[str, Any]], Awaitable[None]]
 NO_MODEL = "The model is not configured: set GEMINI_API_KEY to chat (datasets and SQL still work)"
 UNEXPECTED = "Something went wrong while generating the answer"
+TURN_TIMED_OUT = "The answer took longer than {seconds} seconds and was stopped"
+NOT_SAVED = "The answer could not be saved; try again in a moment"
 
 
 @dataclass
@@ -178,24 +180,34 @@ class ChatRunner:
         return self._llm
 
     async def _run(self, conversation_id: str, turn: RunningTurn, text: str) -> None:
+        """However the turn ends (answer, stop, error, deadline, a failed save), what it
+        produced is saved if it can be, and exactly one chat_complete or chat_error goes out."""
         turn.started = True
         runner: Turn | None = None
         error: ChatdfError | None = None
-        try:  # everything inside: however the turn ends, it is saved and reported once
+        result: Mapping[str, Any] | None = None
+        try:
             if turn.stop_requested:  # stopped before it began
                 raise asyncio.CancelledError
             runner = await self._turn(conversation_id, turn, text)
-            result = await runner.run()
-            saved = await self._save_answer(conversation_id, turn.message_id, result)
+            async with asyncio.timeout(self.settings.turn_timeout_s):
+                result = await runner.run()
         except asyncio.CancelledError:
-            saved = await self._save_answer(conversation_id, turn.message_id, _partial(runner))
+            pass  # stopped: the partial answer is saved below
+        except TimeoutError:
+            error = ChatdfError(TURN_TIMED_OUT.format(seconds=f"{self.settings.turn_timeout_s:g}"))
         except ChatdfError as exc:
             error = exc
-            saved = await self._save_answer(conversation_id, turn.message_id, _partial(runner))
         except Exception as exc:
             log.exception("turn failed in conversation %s", conversation_id)
             error = ChatdfError(UNEXPECTED, f"{type(exc).__name__}: {exc}")
-            saved = await self._save_answer(conversation_id, turn.message_id, _partial(runner))
+        saved: dict[str, Any] | None = None
+        try:
+            answer = result if result is not None else _partial(runner)
+            saved = await self._save_answer(conversation_id, turn.message_id, answer)
+        except Exception as exc:  # e.g. the database locked, or a value it refuses
+            log.exception("could not save the answer in conversation %s", conversation_id)
+            error = error or ChatdfError(NOT_SAVED, f"{type(exc).__name__}")
         finally:
             self._turns.pop(conversation_id, None)
         await self._report(conversation_id, turn.message_id, saved, error)

@@ -21,6 +21,7 @@ CONTEXT_TOO_LARGE = "Conversation context too large. Try starting a new conversa
 MODEL_BUSY = "The model is busy right now. Try again in a moment."
 MODEL_FAILED = "The model could not answer. Try again in a moment."
 MODEL_REFUSED = "The model refused the request."
+MODEL_STALLED = "The model stopped answering (nothing for {seconds} seconds). Try again."
 
 _TOO_LONG = re.compile(
     r"input token count.*exceed|exceeds the maximum number of tokens|too many tokens"
@@ -153,9 +154,19 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, _CONNECTION_ERRORS)
 
 
+class ModelStalled(TimeoutError):
+    """No chunk (or no answer at all) from the model within MODEL_READ_TIMEOUT_S."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no data from the model for {seconds:g} seconds")
+        self.seconds = seconds
+
+
 def model_error(exc: BaseException) -> ChatdfError:
     """The sentence a person sees for a model failure; the SDK's text goes in details."""
     details = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ModelStalled):
+        return ModelFailed(MODEL_STALLED.format(seconds=f"{exc.seconds:g}"), str(exc))
     if is_too_long(exc):
         return ContextTooLong(details=details)
     if isinstance(exc, genai_errors.APIError) and exc.code == 429:
@@ -278,14 +289,24 @@ class GeminiClient:
         collector = _Collector()
         streamed = False
         try:
-            stream = await self._client.aio.models.generate_content_stream(
-                model=self.model, contents=list(contents), config=config
-            )
+            read_timeout = self.settings.model_read_timeout_s
+            try:
+                stream = await asyncio.wait_for(
+                    self._client.aio.models.generate_content_stream(
+                        model=self.model, contents=list(contents), config=config
+                    ),
+                    read_timeout,
+                )
+            except TimeoutError as exc:
+                raise _CallFailed(ModelStalled(read_timeout), streamed) from exc
             while True:
                 try:
-                    chunk = await anext(stream)
+                    chunk = await asyncio.wait_for(anext(stream), read_timeout)
                 except StopAsyncIteration:
                     break
+                except TimeoutError:
+                    await _report(on_usage, collector.usage)
+                    raise _CallFailed(ModelStalled(read_timeout), streamed) from None
                 except Exception as exc:
                     await _report(on_usage, collector.usage)
                     raise _CallFailed(exc, streamed) from exc

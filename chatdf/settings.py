@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     gemini_base_url: str = ""
     llm_max_retries: int = 3
     llm_backoff_s: float = 1.0
+    model_read_timeout_s: float = 60.0  # no chunk of a model's stream for this long: it failed
+    turn_timeout_s: float = 300.0  # a whole turn (model calls and tools) ends after this
     max_tool_calls: int = 5
     max_sql_retries: int = 3
     context_max_messages: int = 50

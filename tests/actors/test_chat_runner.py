@@ -10,12 +10,16 @@ from pydantic import SecretStr
 from actors.budget import TokenBudget
 from actors.chat import ChatRunner
 from actors.datasets import DatasetLoader
+from actors.llm import MODEL_STALLED
 from chatdf.db import Conversation, Database, User
 from chatdf.settings import Settings
+from tests.fakes.fake_gemini import FakeGemini
 
 
-def runner_for(settings: Settings) -> tuple[ChatRunner, list[dict[str, Any]], str]:
-    db = Database(settings.resolved_database_url)
+def runner_for(
+    settings: Settings, busy_timeout_s: float = 30.0
+) -> tuple[ChatRunner, list[dict[str, Any]], str]:
+    db = Database(settings.resolved_database_url, busy_timeout_s=busy_timeout_s)
     db.create_schema()
     with db.session() as s:
         user = User(email="runner@example.com")
@@ -49,3 +53,92 @@ async def test_stop_right_after_post_ends_the_turn_and_frees_the_conversation(
     again = asyncio.create_task(chat.post(conv, "again"))  # not 409: the turn is gone
     assert (await again)["status"] == "processing"
     await chat.stop(conv)
+
+
+# Every turn ends: a stalled model, a turn past its deadline, a save that fails (issue 11) -----
+
+
+def terminal(published: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in published if e["type"] in ("chat_complete", "chat_error")]
+
+
+def saved_answer(settings: Settings, conv: str) -> str | None:
+    from sqlalchemy import select
+
+    from chatdf.db import Message
+
+    db = Database(settings.resolved_database_url)
+    with db.session() as s:
+        row = s.scalar(
+            select(Message).where(Message.conversation_id == conv, Message.role == "assistant")
+        )
+        return row.content if row is not None else None
+
+
+async def run_turn(chat: ChatRunner, conv: str, text: str = "hi") -> None:
+    await chat.post(conv, text)
+    task = chat._turns[conv].task
+    assert task is not None
+    await task
+
+
+async def test_a_stalled_model_stream_ends_the_turn_with_its_partial_saved(
+    gemini_settings: Settings, fake_gemini: FakeGemini
+) -> None:
+    settings = gemini_settings.model_copy(update={"model_read_timeout_s": 0.5})
+    chat, published, conv = runner_for(settings)
+    reply = fake_gemini.script_text("one two three", chunks=3, hold_after=2)
+    try:
+        await run_turn(chat, conv)
+    finally:
+        reply.release()
+    (end,) = terminal(published)
+    assert end["type"] == "chat_error"
+    assert end["error"] == MODEL_STALLED.format(seconds="0.5")
+    streamed = "".join(e["token"] for e in published if e["type"] == "chat_token")
+    assert streamed and saved_answer(settings, conv) == streamed
+    assert chat.running_count() == 0  # the conversation takes a new message (no 409)
+
+
+async def test_a_turn_past_its_deadline_ends_with_its_partial_saved(
+    gemini_settings: Settings, fake_gemini: FakeGemini
+) -> None:
+    settings = gemini_settings.model_copy(update={"turn_timeout_s": 0.5})
+    chat, published, conv = runner_for(settings)
+    reply = fake_gemini.script_text("one two three", chunks=3, hold_after=1)
+    try:
+        await run_turn(chat, conv)
+    finally:
+        reply.release()
+    (end,) = terminal(published)
+    assert end["type"] == "chat_error"
+    assert end["error"] == "The answer took longer than 0.5 seconds and was stopped"
+    assert saved_answer(settings, conv) == "".join(
+        e["token"] for e in published if e["type"] == "chat_token"
+    )
+
+
+async def test_a_save_that_fails_still_ends_the_turn_with_one_terminal_event(
+    gemini_settings: Settings, fake_gemini: FakeGemini
+) -> None:
+    """The database locked by another process when the answer is saved: a chat_error, once
+    (the failure used to escape the error branch and leave the client waiting forever)."""
+    import sqlite3
+
+    chat, published, conv = runner_for(gemini_settings, busy_timeout_s=0.2)
+    reply = fake_gemini.script_text("one two three", chunks=3, hold_after=2)
+    await chat.post(conv, "hi")
+    task = chat._turns[conv].task
+    assert task is not None
+    await asyncio.to_thread(reply.reached.wait, 10)  # the turn is streaming, nothing saved yet
+    locker = sqlite3.connect(gemini_settings.resolved_database_url.removeprefix("sqlite:///"))
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        reply.release()
+        await task
+    finally:
+        locker.rollback()
+        locker.close()
+    (end,) = terminal(published)
+    assert end["type"] == "chat_error"
+    assert chat.running_count() == 0
