@@ -139,6 +139,19 @@ class ChatRunner:
         result: dict[str, Any] = await run_sql(sql, tables, self.settings)
         return result
 
+    async def _tool_query(self, sql: str, datasets: list[dict[str, Any]]) -> dict[str, Any]:
+        """The model's execute_sql: on the datasets the turn already holds (read once, when the
+        turn started, plus what it loaded), not a database read per call."""
+        from actors.tasks import run_sql
+
+        tables = [
+            {"name": d["name"], "url": d["url"], "format": d["format"]}
+            for d in datasets
+            if d.get("status") == "ready"
+        ]
+        result: dict[str, Any] = await run_sql(sql, tables, self.settings)
+        return result
+
     def _ready_tables(self, conversation_id: str) -> list[dict[str, Any]]:
         with self.db.session() as s:
             owned_conversation(s, self.user_id, conversation_id)
@@ -167,7 +180,7 @@ class ChatRunner:
             datasets=datasets,
             user_content=text,
             emit=self.publish,
-            run_sql=lambda sql: self.query(conversation_id, sql),
+            run_sql=self._tool_query,
             load_dataset=lambda url: self.datasets.add_and_wait(conversation_id, url),
             record_usage=lambda i, o: self._record_usage(conversation_id, i, o),
         )

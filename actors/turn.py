@@ -30,7 +30,8 @@ from chatdf.settings import Settings
 log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
-RunSql = Callable[[str], Awaitable[dict[str, Any]]]
+# The SQL and the turn's datasets (it knows them: no database read per tool call).
+RunSql = Callable[[str, list[dict[str, Any]]], Awaitable[dict[str, Any]]]
 LoadDataset = Callable[[str], Awaitable[dict[str, Any]]]
 RecordUsage = Callable[[int, int], Awaitable[Any]]
 
@@ -236,7 +237,7 @@ class Turn:
             self._sql_errors += 1
             return {"error": "execute_sql needs a non-empty 'query' string."}
         try:
-            result = await self._run_sql(query)
+            result = await self._run_sql(query, list(self.datasets))
         except ChatdfError as exc:
             self._sql_errors += 1
             return _error(exc)

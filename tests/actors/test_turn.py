@@ -81,7 +81,7 @@ class Harness:
         if event["type"] == "chat_token":
             self.first_token.set()
 
-    async def run_sql(self, sql: str) -> dict[str, Any]:
+    async def run_sql(self, sql: str, datasets: list[dict[str, Any]]) -> dict[str, Any]:
         self.queries.append(sql)
         try:
             frame = pl.SQLContext(frames=self.tables).execute(sql, eager=True)
