@@ -23,6 +23,7 @@ from chatdf.store import (
     message_json,
     messages_of,
     owned_conversation,
+    table_json,
     touch,
 )
 
@@ -144,11 +145,7 @@ class ChatRunner:
         turn started, plus what it loaded), not a database read per call."""
         from actors.tasks import run_sql
 
-        tables = [
-            {"name": d["name"], "url": d["url"], "format": d["format"]}
-            for d in datasets
-            if d.get("status") == "ready"
-        ]
+        tables = [table_json(d) for d in datasets if d.get("status") == "ready"]
         result: dict[str, Any] = await run_sql(sql, tables, self.settings)
         return result
 
@@ -156,7 +153,7 @@ class ChatRunner:
         with self.db.session() as s:
             owned_conversation(s, self.user_id, conversation_id)
             return [
-                {"name": d.name, "url": d.url, "format": d.format}
+                table_json(dataset_json(d))
                 for d in datasets_of(s, conversation_id)
                 if d.status == "ready"
             ]

@@ -59,6 +59,7 @@ def inspect_dataset(
     validate_url(url)
     if url in settings.sample_urls:  # our own bundled file: read it here, fetch nothing
         return inspect_local(sample_path())
+    read_at = time.time()  # the dataset's content version: what every node's copy must match
     with _client(settings, client) as guarded:
         head = guarded.head(url, SNIFF_BYTES)
         sniffed = sniff_format(head.first_bytes, _name_of(url))
@@ -70,6 +71,7 @@ def inspect_dataset(
             path = _fill_cache(guarded, url, sniffed.format, settings)
             rows, schema = _local_stats(path, sniffed.format)
     return {
+        "read_at": read_at,
         "format": sniffed.format,
         "row_count": rows,
         "column_count": len(schema),
@@ -78,22 +80,48 @@ def inspect_dataset(
 
 
 def ensure_local(
-    url: str, fmt: str, settings: Settings, *, client: GuardedClient | None = None
+    url: str,
+    fmt: str,
+    settings: Settings,
+    *,
+    client: GuardedClient | None = None,
+    version: float | None = None,
 ) -> Path:
     """A node-local copy of the dataset (downloaded through the guard once, then reused).
 
-    Each call marks the copy as just used, so the cache evicts least recently used files.
+    `version` is when the dataset's content was last read for the database (a load or a
+    refresh, on whichever node): a copy filled before that is stale and fetched again, so a
+    refresh on one node reaches the copies on every other. Each call marks the copy as just
+    used, so the cache evicts least recently used files.
     """
     validate_url(url)
     if url in settings.sample_urls:
         return sample_path()
     dest = cache_path(url, fmt, settings)
-    if _claim(dest):
+    if _claim(dest) and not _stale(dest, version):
         return dest
     with _client(settings, client) as guarded, _cache_lock(dest, guarded):
-        if _touch(dest):  # another caller filled it while we waited
+        if _touch(dest) and not _stale(dest, version):  # filled by another caller meanwhile
             return dest
         return _fill_cache(guarded, url, fmt, settings, locked=True)
+
+
+def _stale(dest: Path, version: float | None) -> bool:
+    """The copy was filled before the content version the database holds (or we cannot tell)."""
+    if version is None:
+        return False
+    filled = _filled_at(dest)
+    return filled is None or filled < version
+
+
+def _filled_at(dest: Path) -> float | None:
+    """When the copy was downloaded: recorded in its lock file, which lives as long as the URL's
+    cache entry (never deleted: see docs/datasets.md)."""
+    try:
+        text = dest.with_suffix(".lock").read_text().strip()
+        return float(text) if text else None
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def scan_local(path: Path, fmt: str) -> pl.LazyFrame:
@@ -177,6 +205,7 @@ def _fill_cache(
     raw = dest.with_name(f"{dest.name}.{uuid.uuid4().hex}.part")
     ready = raw.with_name(raw.name + ".ready")
     with lock:
+        filled_at = time.time()  # the content is as of this moment (or later)
         try:
             with raw.open("wb") as sink:
                 client.download(url, sink)
@@ -189,6 +218,7 @@ def _fill_cache(
                 )
             _finish(raw, ready, sniffed, settings.dataset_max_bytes)
             os.replace(ready, dest)  # readers only ever see complete files
+            dest.with_suffix(".lock").write_text(f"{filled_at!r}\n")  # we hold its lock
         finally:
             raw.unlink(missing_ok=True)
             ready.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ import json
 import logging
 import threading
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -239,6 +240,8 @@ class DatasetLoader:
             row.row_count = int(info["row_count"])
             row.column_count = int(info["column_count"])
             row.schema_json = json.dumps(info["schema"])
+            read_at = info.get("read_at")
+            row.loaded_at = datetime.fromtimestamp(read_at, UTC) if read_at else utcnow()
             conv = s.get(Conversation, row.conversation_id)
             if conv is not None:
                 touch(conv, utcnow())

@@ -155,6 +155,9 @@ class Dataset(Base):
     schema_json: Mapped[str | None] = mapped_column(Text, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # When its content was last read from the URL (load or refresh): every node's cached copy
+    # must be at least this recent (actors.dataset_task.ensure_local).
+    loaded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 # Table names are unique per conversation, case-insensitively (Polars resolves them so): the

@@ -352,4 +352,16 @@ def dataset_json(d: Dataset) -> dict[str, Any]:
         "schema": json.loads(d.schema_json) if d.schema_json else [],
         "error": d.error,
         "format": d.format,
+        "loaded_at": iso(d.loaded_at),
+    }
+
+
+def table_json(dataset: dict[str, Any]) -> dict[str, Any]:
+    """What a SQL task needs of a ready dataset (a `dataset_json`): where, what, which version."""
+    loaded = dataset.get("loaded_at")
+    return {
+        "name": dataset["name"],
+        "url": dataset["url"],
+        "format": dataset["format"],
+        "version": datetime.fromisoformat(loaded).timestamp() if loaded else None,
     }

@@ -7,6 +7,7 @@ import gzip
 import io
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -83,7 +84,9 @@ def big_parquet(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_inspect_every_format(data_server: FakeDataServer, settings: Settings, kind: str) -> None:
     fmt, encode = ENCODINGS[kind]
     url = data_server.add(f"/sales-{kind}", encode())  # no extension: the bytes decide
+    before = time.time()
     described = inspect_dataset(url, settings)
+    assert before <= described.pop("read_at") <= time.time()  # the content version
     expected_schema = SALES_SCHEMA
     if fmt == "ndjson":  # JSON has no date type: the day stays text
         expected_schema = [{"name": "day", "type": "Text"}, *SALES_SCHEMA[1:]]

@@ -214,8 +214,8 @@ def test_a_copy_removed_before_the_query_opens_it_is_fetched_again(
     real = dataset_task.ensure_local
     handed: list[Path] = []
 
-    def ensure_then_lose(url: str, fmt: str, given: Settings) -> Path:
-        path = real(url, fmt, given)
+    def ensure_then_lose(url: str, fmt: str, given: Settings, **kw: Any) -> Path:
+        path = real(url, fmt, given, **kw)
         if not handed:
             path.unlink()  # what inspect_dataset's refresh does to a stale Parquet copy
         handed.append(path)
@@ -238,8 +238,8 @@ def test_a_copy_that_keeps_disappearing_is_a_clear_error(
     tables = [served("table1", SALES)]
     real = dataset_task.ensure_local
 
-    def always_lose(url: str, fmt: str, given: Settings) -> Path:
-        path = real(url, fmt, given)
+    def always_lose(url: str, fmt: str, given: Settings, **kw: Any) -> Path:
+        path = real(url, fmt, given, **kw)
         path.unlink()
         return path
 
@@ -485,3 +485,30 @@ async def test_one_users_queries_take_turns_and_waiting_does_not_eat_the_limit(
         await slow
     assert (await quick)["rows"] == [[20_000]]
     assert loop.time() - started > 3
+
+
+def test_a_refresh_on_one_node_reaches_the_copy_on_another(
+    data_server: FakeDataServer, settings: Settings, tmp_path: Path
+) -> None:
+    """Two nodes' caches (two data dirs), one URL. Node B answers from its copy; the file
+    changes and node A refreshes (a new content version in the database): node B's next
+    query fetches again instead of answering from its old copy."""
+    from actors.dataset_task import inspect_dataset
+    from actors.sql_task import stream_sql
+
+    node_a = settings.model_copy(update={"data_dir": str(tmp_path / "node-a")})
+    node_b = settings.model_copy(update={"data_dir": str(tmp_path / "node-b")})
+    url = data_server.add("/live.csv", b"n\n1\n")
+    loaded = inspect_dataset(url, node_a)
+    table = {"name": "t", "url": url, "format": "csv", "version": loaded["read_at"]}
+
+    def total(node: Settings, version: float) -> Any:
+        items = list(stream_sql("SELECT sum(n) AS s FROM t", [{**table, "version": version}], node))
+        return items[1]["rows"][0][0]
+
+    assert total(node_b, loaded["read_at"]) == 1
+    assert total(node_b, loaded["read_at"]) == 1  # reused: no second download
+    assert data_server.requests["/live.csv"] == 3  # A: first bytes + download; B: download
+    data_server.add("/live.csv", b"n\n1\n41\n")
+    refreshed = inspect_dataset(url, node_a)  # on node A only
+    assert total(node_b, refreshed["read_at"]) == 42
