@@ -38,7 +38,12 @@ class SessionActor:
         self.user_id = user_id
         self.settings = settings
         self.clock = clock
-        self.db = Database(settings.resolved_database_url)
+        self.db = Database(
+            settings.resolved_database_url,
+            busy_timeout_s=settings.database_busy_timeout_s,
+            pool_size=settings.actor_database_pool_size,
+            max_overflow=settings.actor_database_max_overflow,
+        )
         self.fanout = Fanout(
             settings.subscriber_queue_max, settings.event_buffer_max, settings.event_buffer_s
         )

@@ -220,7 +220,12 @@ class AuthFirst:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    db = Database(settings.resolved_database_url, busy_timeout_s=settings.database_busy_timeout_s)
+    db = Database(
+        settings.resolved_database_url,
+        busy_timeout_s=settings.database_busy_timeout_s,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+    )
     db.create_schema()
     close_stale_loads(db, settings)
     app.state.db = db

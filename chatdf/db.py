@@ -184,9 +184,16 @@ class TokenUsage(Base):
 class Database:
     """An engine plus a session factory; one per process (edge, actor or task)."""
 
-    def __init__(self, url: str, *, busy_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, url: str, *, busy_timeout_s: float = 30.0, pool_size: int = 5, max_overflow: int = 5
+    ) -> None:
+        """`pool_size` + `max_overflow` bound this process's connections to a server database
+        (PostgreSQL): each session actor is a process with its own pool (docs/architecture.md,
+        "Database connections")."""
         self.url = url
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if not url.startswith("sqlite"):
+            kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=30)
         if url.startswith("sqlite"):
             path = self._sqlite_path()
             if path is not None:

@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     database_url: str = ""  # empty: sqlite file under ./data/
     data_dir: str = "./data"
     database_busy_timeout_s: float = 30.0  # SQLite: how long a request waits for a lock (503)
+    # PostgreSQL connections per process: an edge, and each session actor (docs/architecture.md)
+    database_pool_size: int = 5
+    database_max_overflow: int = 5
+    actor_database_pool_size: int = 1
+    actor_database_max_overflow: int = 2
     ray_address: str = ""  # empty: start an embedded local Ray
     ray_namespace: str = "chatdf"
     ray_num_cpus: int | None = None  # embedded Ray only
