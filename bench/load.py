@@ -946,53 +946,67 @@ async def guarded(level: Level, server: Server, opts: Options) -> dict[str, Any]
     return out
 
 
-async def run_server(
-    cls: type[Server], levels: list[Level], tmp: Path, fakes: dict[str, str], opts: Options
-) -> dict[str, Any]:
-    results: dict[str, Any] = {}
+def groups_of(levels: list[Level], one_server: bool) -> list[str]:
+    """The level groups in order; each gets a freshly started server (`all`: one for all)."""
+    if one_server:
+        return ["all"]
     groups: list[str] = []
     for level in levels:
         if level.group not in groups:
             groups.append(level.group)
-    if opts.one_server:
-        groups = ["all"]
-    for group in groups:
-        server = cls(tmp, fakes, group)
-        log(f"starting {server.name} for the {group} levels on {server.url}")
-        try:
-            started = time.monotonic()
-            await server.start()
-            log(f"{server.name} answers /health after {time.monotonic() - started:.1f} s")
-            await asyncio.sleep(SETTLE_S if cls is ChatdfServer else 0.5)
-            assert server.meter is not None
-            cpu0 = server.meter.cpu()
-            await asyncio.sleep(3)
-            idle_cpu = Meter.cpu_between(cpu0, server.meter.cpu()) / 3
-            results[f"_start_{group}"] = {
-                "seconds": time.monotonic() - started,
-                "memory": server.meter.memory(),
-                "idle_cpu_s_per_s": idle_cpu,
-            }
-            log(
-                f"{server.name}: {results[f'_start_{group}']['memory']['pss_mb']:.0f} MB PSS "
-                f"at rest, {idle_cpu:.3f} CPU-s/s while idle"
+    return groups
+
+
+async def run_group(
+    cls: type[Server],
+    group: str,
+    levels: list[Level],
+    tmp: Path,
+    fakes: dict[str, str],
+    opts: Options,
+    results: dict[str, Any],
+) -> None:
+    """Starts a server, runs the group's levels on it into `results`, stops it."""
+    server = cls(tmp, fakes, group)
+    log(f"starting {server.name} for the {group} levels on {server.url}")
+    try:
+        started = time.monotonic()
+        await server.start()
+        log(f"{server.name} answers /health after {time.monotonic() - started:.1f} s")
+        await asyncio.sleep(SETTLE_S if cls is ChatdfServer else 0.5)
+        assert server.meter is not None
+        cpu0 = server.meter.cpu()
+        await asyncio.sleep(3)
+        idle_cpu = Meter.cpu_between(cpu0, server.meter.cpu()) / 3
+        results[f"_start_{group}"] = {
+            "seconds": time.monotonic() - started,
+            "memory": server.meter.memory(),
+            "idle_cpu_s_per_s": idle_cpu,
+            "loadavg_1m": os.getloadavg()[0],
+        }
+        log(
+            f"{server.name}: {results[f'_start_{group}']['memory']['pss_mb']:.0f} MB PSS "
+            f"at rest, {idle_cpu:.3f} CPU-s/s while idle"
+        )
+        for level in (lv for lv in levels if group in ("all", lv.group)):
+            results[level.name] = await guarded(level, server, opts)
+            results[level.name]["loadavg_1m_after"] = os.getloadavg()[0]
+    except Exception as exc:  # noqa: BLE001 - a server that will not start is a result
+        log(f"{server.name} ({group}) failed: {exc!r}\n{server.log_tail()}")
+        for level in (lv for lv in levels if group in ("all", lv.group)):
+            results.setdefault(
+                level.name, {"level": level.name, "aborted": f"server failed: {exc!r}"}
             )
-            for level in (lv for lv in levels if group in ("all", lv.group)):
-                results[level.name] = await guarded(level, server, opts)
-        except Exception as exc:  # noqa: BLE001 - a server that will not start is a result
-            log(f"{server.name} ({group}) failed: {exc!r}\n{server.log_tail()}")
-            for level in (lv for lv in levels if group in ("all", lv.group)):
-                results.setdefault(
-                    level.name, {"level": level.name, "aborted": f"server failed: {exc!r}"}
-                )
-        finally:
-            await server.stop()
-            if server.leftovers:
-                results.setdefault("_leftover_processes", {})[group] = server.leftovers
-            errors = server.log_tail(400).count("Traceback")
-            if errors:
-                results.setdefault("_server_tracebacks", {})[group] = errors
-    return results
+    finally:
+        await server.stop()
+        if server.leftovers:
+            results.setdefault("_leftover_processes", {})[group] = server.leftovers
+        errors = server.log_tail(400).count("Traceback")
+        if errors:
+            results.setdefault("_server_tracebacks", {})[group] = errors
+        mine = [results.get(lv.name, {}) for lv in levels if group in ("all", lv.group)]
+        if errors or any(r.get("aborted") or r.get("errors") for r in mine):
+            results.setdefault("_server_log_tail", {})[group] = server.log_tail(40)
 
 
 # Report -----------------------------------------------------------------------------------
@@ -1221,6 +1235,17 @@ def targets(results: dict[str, Any], quick: bool) -> list[tuple[str, str, str, s
     return out
 
 
+def loads(res: dict[str, Any]) -> str:
+    values = [
+        v.get("loadavg_1m", v.get("loadavg_1m_after"))
+        for server in res.values()
+        for v in server.values()
+        if isinstance(v, dict)
+    ]
+    values = [x for x in values if isinstance(x, int | float)]
+    return f"{min(values):.1f}–{max(values):.1f}" if values else "—"
+
+
 def markdown(report: dict[str, Any]) -> str:
     res = report["results"]
     c, b = res.get("chatdf", {}), res.get("baseline", {})
@@ -1231,7 +1256,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"`bench/load.py`: {report['options']['chunks']} chunks "
         f"{report['options']['gap_ms']:g} ms apart per answer; {report['environment']['cpus']} "
         f"cores; chatdf at {report['git']}; run took {report['wall_s'] / 60:.1f} min. "
-        "Ratio = chatdf / baseline (same run). Method: bench/README.md.",
+        "Ratio = chatdf / baseline (same run; each group of levels ran on the baseline, then "
+        f"on chatdf). Machine 1-min load average at group starts and level ends: {loads(res)}. "
+        "Method: bench/README.md.",
         "",
         "| level | figure | chatdf | baseline | ratio |",
         "|---|---|---|---|---|",
@@ -1434,8 +1461,11 @@ async def amain(args: argparse.Namespace) -> int:
             pss_cap_bytes=int(args.pss_cap_gib * 2**30),
         )
         classes = {"baseline": BaselineServer, "chatdf": ChatdfServer}
-        for name in args.servers:
-            results[name] = await run_server(classes[name], levels, tmp, fakes, opts)
+        # Group by group, the servers one after the other: each pair ran under the same load.
+        for group in groups_of(levels, opts.one_server):
+            for name in args.servers:
+                into = results.setdefault(name, {})
+                await run_group(classes[name], group, levels, tmp, fakes, opts, into)
     finally:
         if fakes_proc.stdin:
             fakes_proc.stdin.close()
@@ -1469,7 +1499,8 @@ async def amain(args: argparse.Namespace) -> int:
         "results": results,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = "-quick" if args.quick else ""
+    tag = args.tag if args.tag is not None else ("quick" if args.quick else "")
+    suffix = f"-{tag}" if tag else ""
     png = RESULTS / f"load{suffix}.png"
     report["png"] = png.name
     out = RESULTS / f"load-{started_at:%Y-%m-%d}{suffix}.json"
@@ -1514,6 +1545,11 @@ def main() -> int:
         type=float,
         default=360.0,
         help="seconds one level may take before it is aborted",
+    )
+    parser.add_argument(
+        "--tag",
+        help="results go to load-<date>-TAG.json, load-TAG.md, load-TAG.png "
+        "(default: none; 'quick' with --quick)",
     )
     parser.add_argument(
         "--pss-cap-gib",
