@@ -82,40 +82,40 @@ async def run_turn(chat: ChatRunner, conv: str, text: str = "hi") -> None:
     await task
 
 
-async def test_a_stalled_model_stream_ends_the_turn_with_its_partial_saved(
-    gemini_settings: Settings, fake_gemini: FakeGemini
-) -> None:
-    settings = gemini_settings.model_copy(update={"model_read_timeout_s": 0.5})
+async def held_turn(
+    settings: Settings, fake_gemini: FakeGemini, hold_after: int
+) -> tuple[dict[str, Any], str, str | None]:
+    """A turn whose model stream stops after `hold_after` chunks: its one terminal event, the
+    text that streamed, and the answer saved."""
     chat, published, conv = runner_for(settings)
-    reply = fake_gemini.script_text("one two three", chunks=3, hold_after=2)
+    reply = fake_gemini.script_text("one two three", chunks=3, hold_after=hold_after)
     try:
         await run_turn(chat, conv)
     finally:
         reply.release()
     (end,) = terminal(published)
-    assert end["type"] == "chat_error"
-    assert end["error"] == MODEL_STALLED.format(seconds="0.5")
-    streamed = "".join(e["token"] for e in published if e["type"] == "chat_token")
-    assert streamed and saved_answer(settings, conv) == streamed
     assert chat.running_count() == 0  # the conversation takes a new message (no 409)
+    streamed = "".join(e["token"] for e in published if e["type"] == "chat_token")
+    return end, streamed, saved_answer(settings, conv)
+
+
+async def test_a_stalled_model_stream_ends_the_turn_with_its_partial_saved(
+    gemini_settings: Settings, fake_gemini: FakeGemini
+) -> None:
+    settings = gemini_settings.model_copy(update={"model_read_timeout_s": 0.5})
+    end, streamed, saved = await held_turn(settings, fake_gemini, hold_after=2)
+    assert (end["type"], end["error"]) == ("chat_error", MODEL_STALLED.format(seconds="0.5"))
+    assert streamed and saved == streamed
 
 
 async def test_a_turn_past_its_deadline_ends_with_its_partial_saved(
     gemini_settings: Settings, fake_gemini: FakeGemini
 ) -> None:
     settings = gemini_settings.model_copy(update={"turn_timeout_s": 0.5})
-    chat, published, conv = runner_for(settings)
-    reply = fake_gemini.script_text("one two three", chunks=3, hold_after=1)
-    try:
-        await run_turn(chat, conv)
-    finally:
-        reply.release()
-    (end,) = terminal(published)
+    end, streamed, saved = await held_turn(settings, fake_gemini, hold_after=1)
     assert end["type"] == "chat_error"
     assert end["error"] == "The answer took longer than 0.5 seconds and was stopped"
-    assert saved_answer(settings, conv) == "".join(
-        e["token"] for e in published if e["type"] == "chat_token"
-    )
+    assert streamed and saved == streamed
 
 
 async def test_a_save_that_fails_still_ends_the_turn_with_one_terminal_event(

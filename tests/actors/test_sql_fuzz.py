@@ -10,8 +10,6 @@ that every table function in the corpus points at.
 from __future__ import annotations
 
 import contextlib
-import http.server
-import threading
 from collections.abc import Iterator
 
 import polars as pl
@@ -21,6 +19,7 @@ from hypothesis import strategies as st
 
 from actors.sql_guard import check_sql
 from chatdf.errors import SqlRefused
+from tests.fakes.tripwire import Tripwire
 
 FRAGMENTS = [
     "SELECT",
@@ -74,28 +73,10 @@ FRAGMENTS = [
 PREFIXES = ["", "SELECT * FROM table1 WHERE region = ", "WITH c AS (SELECT 1 AS a) SELECT "]
 
 
-class Tripwire(http.server.BaseHTTPRequestHandler):
-    hits = 0
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server naming
-        type(self).hits += 1
-        self.send_response(404)
-        self.end_headers()
-
-    do_HEAD = do_GET  # noqa: N815
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
-
-
 @pytest.fixture(scope="module")
-def tripwire_url() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Tripwire)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/secret.csv"
-    server.shutdown()
-    server.server_close()
+def tripwire() -> Iterator[Tripwire]:
+    with Tripwire.running() as wire:
+        yield wire
 
 
 sql_texts = st.tuples(
@@ -112,10 +93,12 @@ sql_texts = st.tuples(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(template=sql_texts)
-def test_accepted_sql_reads_only_the_conversations_tables(template: str, tripwire_url: str) -> None:
+def test_accepted_sql_reads_only_the_conversations_tables(
+    template: str, tripwire: Tripwire
+) -> None:
     from polars._plr import PySQLContext
 
-    sql = template.replace("{url}", tripwire_url)
+    sql = template.replace("{url}", tripwire.url)
     try:
         used = check_sql(sql, ["table1"], 20_000)
     except SqlRefused:
@@ -123,8 +106,8 @@ def test_accepted_sql_reads_only_the_conversations_tables(template: str, tripwir
     assert set(used) <= {"table1"}
     names = PySQLContext.table_identifiers(sql, include_schema=True, unique=True)
     assert all(not n.lower().startswith(("read_", "scan_")) for n in names), sql
-    before = Tripwire.hits
+    before = tripwire.hits
     context = pl.SQLContext(table1=pl.LazyFrame({"region": ["n"], "a": [1]}), eager=False)
     with contextlib.suppress(Exception):  # an engine error is fine; a fetch is not
         context.execute(sql).collect()
-    assert Tripwire.hits == before, f"the guard let a fetch through: {sql!r}"
+    assert tripwire.hits == before, f"the guard let a fetch through: {sql!r}"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import pytest
 
 from actors.sql_guard import check_sql
 from chatdf.errors import SqlRefused
+from tests.fakes.tripwire import Tripwire
 
 TABLES = ["table1", "table2"]
 MAX_CHARS = 20_000
@@ -201,46 +200,22 @@ def test_good_queries_also_run_in_polars() -> None:
         ctx.execute(sql).collect()
 
 
-class CountingHandler(http.server.BaseHTTPRequestHandler):
-    """Serves a small CSV and counts every request, so a test can prove nothing was fetched."""
-
-    hits = 0
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server naming
-        type(self).hits += 1
-        body = b"password\nhunter2\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_HEAD = do_GET  # noqa: N815
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
-
-
 @pytest.fixture
-def secret_url() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), CountingHandler)
-    CountingHandler.hits = 0
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/secret.csv"
-    server.shutdown()
-    server.server_close()
+def tripwire() -> Iterator[Tripwire]:
+    with Tripwire.running() as wire:
+        yield wire
 
 
-def test_check_does_no_io(secret_url: str) -> None:
+def test_check_does_no_io(tripwire: Tripwire) -> None:
     """Every escape aimed at a loopback URL is refused and the server never sees a request."""
     for template in TABLE_FUNCTION_ESCAPES + STATEMENT_ESCAPES:
         with pytest.raises(SqlRefused):
-            check_sql(template.format(p=secret_url), TABLES, MAX_CHARS)
-    assert CountingHandler.hits == 0
+            check_sql(template.format(p=tripwire.url), TABLES, MAX_CHARS)
+    assert tripwire.hits == 0
     # The same text handed straight to Polars does fetch: the counter would have noticed.
     with pytest.raises(OSError):  # this tiny server lacks range requests; the fetch is what counts
-        pl.SQLContext().execute(f"SELECT * FROM read_csv('{secret_url}')").collect()
-    assert CountingHandler.hits > 0
+        pl.SQLContext().execute(f"SELECT * FROM read_csv('{tripwire.url}')").collect()
+    assert tripwire.hits > 0
 
 
 def test_polars_cross_check_refuses_on_its_own(secret: Path) -> None:

@@ -6,11 +6,8 @@ show what one guard bug alone could reach (nothing), not what the guard refuses.
 
 from __future__ import annotations
 
-import http.server
 import multiprocessing
 import os
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +18,7 @@ from actors import landlock
 from actors.sql_child import QueryLimits, QueryTable, _prepare_process
 from actors.sql_sandbox import run_confined
 from chatdf.errors import SqlFailed
+from tests.fakes.tripwire import Tripwire
 
 pytestmark = pytest.mark.skipif(landlock.abi_version() < 4, reason="needs Landlock ABI 4+")
 MiB = 1024**2
@@ -74,41 +72,14 @@ def test_the_data_directory_database_cannot_be_read(table: QueryTable, tmp_path:
     assert got[0][0] == "denied"
 
 
-class CountingHandler(http.server.BaseHTTPRequestHandler):
-    hits = 0
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server naming
-        type(self).hits += 1
-        body = b"a\n1\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_HEAD = do_GET  # noqa: N815
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
-
-
-@pytest.fixture
-def loopback_url() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), CountingHandler)
-    CountingHandler.hits = 0
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/x.csv"
-    server.shutdown()
-    server.server_close()
-
-
-def test_no_network_connection_is_opened(table: QueryTable, loopback_url: str) -> None:
-    got = items(f"SELECT * FROM read_csv('{loopback_url}')", [table])
-    assert got[0][0] == "error"
-    assert CountingHandler.hits == 0
-    # The same query unconfined does reach the server: the counter would have seen it.
-    list(run_confined(f"SELECT * FROM read_csv('{loopback_url}')", [table], limits(), "off"))
-    assert CountingHandler.hits > 0
+def test_no_network_connection_is_opened(table: QueryTable) -> None:
+    with Tripwire.running() as wire:
+        got = items(f"SELECT * FROM read_csv('{wire.url}')", [table])
+        assert got[0][0] == "error"
+        assert wire.hits == 0
+        # The same query unconfined does reach the server: the counter would have seen it.
+        list(run_confined(f"SELECT * FROM read_csv('{wire.url}')", [table], limits(), "off"))
+        assert wire.hits > 0
 
 
 def test_memory_is_limited_for_real(table: QueryTable) -> None:
