@@ -162,6 +162,8 @@ def kind_of(proc: Any, root_pid: int) -> str:
     if title.startswith("ray::"):
         return title.split(" ", 1)[0].split(".", 1)[0]
     if name.startswith("python"):
+        if "-c" in cmd:  # multiprocessing's forkserver, resource tracker
+            return "python -c"
         return next((Path(a).name for a in cmd[1:] if not a.startswith("-")), name)
     return name
 
