@@ -1523,7 +1523,7 @@ def main() -> int:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"smoke run: levels {' '.join(QUICK_LEVELS)} (under 2 min)",
+        help=f"smoke run: levels {' '.join(QUICK_LEVELS)} (about 2 min)",
     )
     parser.add_argument(
         "--levels",
