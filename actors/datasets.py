@@ -56,6 +56,14 @@ class DatasetLoader:
             )
             return int(getattr(result, "rowcount", 0) or 0)
 
+    def cancel_load(self, dataset_id: str) -> bool:
+        """Stops a running load (its Ray task is cancelled too); False when none runs."""
+        entry = self._loads.get(dataset_id)
+        if entry is None:
+            return False
+        entry[1].cancel()
+        return True
+
     def cancel_conversation(self, conversation_id: str) -> None:
         for conv_id, task in list(self._loads.values()):
             if conv_id == conversation_id:

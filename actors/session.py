@@ -193,6 +193,10 @@ class SessionActor:
         await self.chat.stop(conversation_id)
         self.datasets.cancel_conversation(conversation_id)
 
+    async def forget_dataset(self, dataset_id: str) -> bool:
+        """Cancels the load of a dataset that is being deleted (False: none was running)."""
+        return self.datasets.cancel_load(dataset_id)
+
     async def query(self, conversation_id: str, sql: str) -> dict[str, Any]:
         await self.ready()
         self._touch()

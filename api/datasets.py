@@ -10,7 +10,14 @@ from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 
-from api.deps import CurrentUser, DbDep, OwnedConversationId, SettingsDep, call_actor
+from api.deps import (
+    CurrentUser,
+    DbDep,
+    OwnedConversationId,
+    SettingsDep,
+    call_actor,
+    call_actor_if_running,
+)
 from api.routing import CheckedRoute
 from chatdf.db import Dataset
 from chatdf.errors import BadRequest, NotFound
@@ -109,12 +116,22 @@ async def refresh_dataset(
 
 
 @router.delete("/{dataset_id}")
-def delete_dataset(
-    conversation_id: str, dataset_id: str, user: CurrentUser, db: DbDep
+async def delete_dataset(
+    conversation_id: str, dataset_id: str, user: CurrentUser, db: DbDep, settings: SettingsDep
 ) -> dict[str, bool]:
-    """Removes the dataset from the conversation."""
-    with db.session() as s:
-        row = find_dataset(s, user.id, conversation_id, dataset_id)
-        s.delete(row)
-        touch(owned_conversation(s, user.id, conversation_id))
+    """Removes the dataset from the conversation (a load still running is cancelled)."""
+
+    def check() -> None:
+        with db.session() as s:
+            find_dataset(s, user.id, conversation_id, dataset_id)
+
+    def delete() -> None:
+        with db.session() as s:
+            row = find_dataset(s, user.id, conversation_id, dataset_id)
+            s.delete(row)
+            touch(owned_conversation(s, user.id, conversation_id))
+
+    await asyncio.to_thread(check)
+    await call_actor_if_running(settings, user.id, "forget_dataset", dataset_id)
+    await asyncio.to_thread(delete)
     return {"success": True}

@@ -235,3 +235,40 @@ def test_a_table_cannot_be_named_like_a_table_function(
         r = client.patch(path, json={"table_name": name})
         assert r.status_code == 400
         assert r.json()["error"] == f"'{name}' is reserved for SQL table functions (read_*, scan_*)"
+
+
+def test_deleting_a_dataset_cancels_its_running_load(
+    live: LiveServer, data_server: FakeDataServer
+) -> None:
+    """The load's download hangs; DELETE ends it: the load worker goes away, and no late
+    dataset_loaded or dataset_error event arrives for the deleted dataset."""
+    from pathlib import Path
+
+    from tests.live import wait_until
+
+    def loads_running() -> int:
+        titles = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                titles.append(cmdline.read_bytes())
+            except OSError:
+                continue
+        return sum(1 for title in titles if title.startswith(b"ray::load_dataset"))
+
+    token, _uid, client = live.login(f"ds-{uuid.uuid4().hex[:8]}@example.com")
+    conv = client.post("/conversations").json()["id"]
+    url = data_server.add("/hang.csv", csv_bytes(), stall=True)
+    with live.ws(token) as ws:
+        dataset = client.post(f"/conversations/{conv}/datasets", json={"url": url}).json()
+        assert ws.receive_json()["type"] == "dataset_loading"
+        assert wait_until(lambda: data_server.requests["/hang.csv"] >= 1 and loads_running() == 1)
+        path = f"/conversations/{conv}/datasets/{dataset['dataset_id']}"
+        assert client.delete(path).json() == {"success": True}
+        assert wait_until(lambda: loads_running() == 0)
+        assert client.get(f"/conversations/{conv}").json()["datasets"] == []
+        # The next event is the next dataset's, not a late one for the deleted dataset.
+        other = data_server.add("/next.csv", csv_bytes())
+        client.post(f"/conversations/{conv}/datasets", json={"url": other})
+        event = ws.receive_json()
+        assert (event["type"], event["url"]) == ("dataset_loading", other)
+    client.close()
