@@ -10,6 +10,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
@@ -87,6 +88,7 @@ def _init_ray(settings: Settings) -> None:
         embedded_ray.start(
             num_cpus=settings.ray_num_cpus,
             resources=node_slots(settings),
+            _system_config=node_system_config(settings),
             include_dashboard=False,
             namespace=settings.ray_namespace,
             log_to_driver=False,
@@ -101,6 +103,13 @@ def node_slots(settings: Settings) -> dict[str, float]:
         QUERY_SLOT: settings.query_slots_per_node,
         LOAD_SLOT: settings.dataset_load_slots_per_node,
     }
+
+
+def node_system_config(settings: Settings) -> dict[str, Any]:
+    """Ray settings of the embedded node: keep idle task workers (with Polars and the query
+    fork server loaded) instead of killing them when more processes than CPUs exist, which is
+    always the case with session actors around (docs/sql.md, "Warm workers")."""
+    return {"num_workers_soft_limit": settings.idle_workers_kept}
 
 
 def close_stale_loads(db: Database, settings: Settings) -> None:

@@ -11,7 +11,7 @@ import pytest
 import ray
 
 from api import embedded_ray
-from api.app import node_slots
+from api.app import node_slots, node_system_config
 from chatdf.settings import Settings
 from tests.fakes.fake_data_server import data_server
 from tests.fakes.fake_gemini import fake_gemini, gemini_settings
@@ -30,6 +30,7 @@ def ray_session() -> Iterator[None]:
         embedded_ray.start(
             num_cpus=4,
             resources=node_slots(Settings()),
+            _system_config=node_system_config(Settings()),
             include_dashboard=False,
             namespace="chatdf-tests",
             log_to_driver=False,
