@@ -60,3 +60,35 @@ def test_edges_starting_together_all_create_the_schema(pg_url: str) -> None:
 
     with ProcessPoolExecutor(4) as pool:
         assert all(pool.map(_create, [pg_url] * 4))
+
+
+def test_connections_stay_bounded_per_process(pg_live: LiveServer, pg_url: str) -> None:
+    """Six active users, each with a session actor running queries at once: the server sees
+    at most the edge's pool plus each actor's small pool, not a full pool per actor."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import text
+
+    settings = pg_live.settings
+    users = [pg_live.login(f"pool-{i}@example.com") for i in range(6)]
+    convs = [client.post("/conversations").json()["id"] for _t, _u, client in users]
+
+    def busy(index: int) -> int:
+        client = users[index % len(users)][2]
+        path = f"/conversations/{convs[index % len(users)]}/query"
+        return client.post(path, json={"sql": "SELECT 1 AS one"}, timeout=120).status_code
+
+    with ThreadPoolExecutor(12) as pool:
+        assert set(pool.map(busy, range(12))) == {200}
+    probe = Database(pg_url, pool_size=1, max_overflow=0)
+    with probe.session() as s:
+        database = s.execute(text("SELECT current_database()")).scalar_one()
+        count = s.execute(
+            text("SELECT count(*) FROM pg_stat_activity WHERE datname = :d"), {"d": database}
+        ).scalar_one()
+    probe.dispose()
+    per_actor = settings.actor_database_pool_size + settings.actor_database_max_overflow
+    bound = settings.database_pool_size + settings.database_max_overflow + 6 * per_actor + 1
+    assert count <= bound
+    for _t, _u, client in users:
+        client.close()
