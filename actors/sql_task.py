@@ -57,16 +57,18 @@ def _run(
     # Polars cross-check runs only here (the session actor does not load Polars).
     by_name = {t["name"]: t for t in tables}
     used = [by_name[name] for name in check_sql(sql, list(by_name), settings.max_sql_chars)]
-    for attempt in (1, 2):
+    retries_left = 1
+    while True:
         files = [_local_table(table, settings) for table in used]
         with contextlib.closing(_run_confined(sql, files, settings)) as items:
             for kind, value in items:
                 if kind != "missing":
                     yield kind, value
-                    attempt = 2  # rows went out: a later loss is not retried
+                    retries_left = 0  # rows went out: a later loss is not retried
                     continue
-                if attempt == 2:
+                if retries_left == 0:
                     raise SqlFailed(FILE_DISAPPEARED, value)
+                retries_left -= 1
                 break
             else:
                 return
