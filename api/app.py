@@ -27,6 +27,7 @@ from chatdf.db import Database, Dataset, utcnow
 from chatdf.settings import SAMPLE_PATH, Settings
 from ws.connections import ConnectionManager
 from ws.endpoint import router as ws_router
+from ws.sessions import watch_sessions
 
 log = logging.getLogger(__name__)
 
@@ -248,9 +249,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     manager = ConnectionManager(settings)
     await manager.start()
     app.state.connection_manager = manager
+    watch = asyncio.create_task(watch_sessions(manager, db, settings.session_check_interval_s))
     try:
         yield
     finally:
+        watch.cancel()
         await manager.close_all()
         db.dispose()
         if started_ray:

@@ -27,6 +27,7 @@ from chatdf.store import (
     find_google_user,
     find_user,
     get_or_create_user,
+    hash_secret,
     made_by_dev_login,
     pop_oauth_state,
     redeem_referral_key,
@@ -250,10 +251,19 @@ def me(user: CurrentUser, db: DbDep) -> dict[str, Any]:
 
 
 @router.post("/logout")
-def logout(request: Request, response: Response, user: CurrentUser, db: DbDep) -> dict[str, bool]:
-    """Ends this session and clears the cookie."""
+async def logout(
+    request: Request, response: Response, user: CurrentUser, db: DbDep
+) -> dict[str, bool]:
+    """Ends this session and clears the cookie; the session's sockets close with 4001."""
     token, _ = token_from(request)
-    with db.session() as s:
-        delete_session(s, token)
+
+    def end() -> None:
+        with db.session() as s:
+            delete_session(s, token)
+
+    await asyncio.to_thread(end)
+    # This edge closes them now; other edges within SESSION_CHECK_INTERVAL_S (ws/sessions.py).
+    manager = request.app.state.connection_manager
+    await manager.close_sessions({hash_secret(token)}, 4001, "signed out")
     response.delete_cookie(COOKIE_NAME, path="/")
     return {"success": True}

@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     # WebSocket
     heartbeat_interval: float = 30.0
     heartbeat_timeout: float = 90.0
+    session_check_interval_s: float = 30.0  # sockets of a logged-out/expired session close
     cors_origins: str = "http://localhost:3000,http://127.0.0.1:3000,http://localhost:5173"
     ws_max_frame_bytes: int = 64 * 1024
     ws_send_queue_max: int = 5000  # frames waiting for one socket; past it the socket is dropped

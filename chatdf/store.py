@@ -220,6 +220,16 @@ def purge_expired_oauth_states(db: Session, ttl_s: int) -> None:
     )
 
 
+def live_token_hashes(db: Session, hashes: set[str]) -> set[str]:
+    """Which of these session token hashes still belong to an unexpired session."""
+    rows = db.scalars(
+        select(UserSession.token_hash).where(
+            UserSession.token_hash.in_(hashes), UserSession.expires_at > utcnow()
+        )
+    )
+    return set(rows)
+
+
 def purge_expired_sessions(db: Session) -> None:
     db.execute(delete(UserSession).where(UserSession.expires_at < utcnow()))
 

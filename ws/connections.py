@@ -39,6 +39,7 @@ class Connection:
     user_id: str
     websocket: WebSocket
     queue_max: int
+    token_hash: str = ""  # of the sign-in session it was opened with (ws/sessions.py)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     accepted_at: float = field(default_factory=time.time)  # actor events before it are not sent
     closed: bool = False
@@ -102,9 +103,9 @@ class ConnectionManager:
     def count(self, user_id: str) -> int:
         return len(self._connections.get(user_id, ()))
 
-    def connect(self, user_id: str, websocket: WebSocket) -> Connection:
+    def connect(self, user_id: str, websocket: WebSocket, token_hash: str = "") -> Connection:
         """Registers a socket about to be accepted; never waits on the user's actor."""
-        conn = Connection(user_id, websocket, self.settings.ws_send_queue_max)
+        conn = Connection(user_id, websocket, self.settings.ws_send_queue_max, token_hash)
         self._connections.setdefault(user_id, set()).add(conn)
         follower = self._subscriptions.get(user_id)
         if follower is None or follower.task is None or follower.task.done():
@@ -144,6 +145,23 @@ class ConnectionManager:
         """Queues one event for every open socket of the user; returns how many took it."""
         text = dumps(event)
         return sum(self.enqueue(conn, text) for conn in list(self._connections.get(user_id, ())))
+
+    def open_token_hashes(self) -> set[str]:
+        """The sign-in sessions behind the open sockets."""
+        return {c.token_hash for conns in self._connections.values() for c in conns if c.token_hash}
+
+    async def close_sessions(self, token_hashes: set[str], code: int, reason: str) -> int:
+        """Closes every socket opened with one of these sessions; returns how many."""
+        ended = [
+            conn
+            for conns in list(self._connections.values())
+            for conn in list(conns)
+            if conn.token_hash in token_hashes
+        ]
+        for conn in ended:
+            await self.disconnect(conn)
+            await self._close(conn, code, reason)
+        return len(ended)
 
     async def close_user(self, user_id: str, code: int = 1000, reason: str = "") -> None:
         """Closes every socket of a user from the server side and cleans up."""

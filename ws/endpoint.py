@@ -13,6 +13,7 @@ from starlette.websockets import WebSocketDisconnect
 from api.deps import authenticate, token_from
 from chatdf.db import Database
 from chatdf.settings import Settings
+from chatdf.store import hash_secret
 from ws.connections import Connection, ConnectionManager
 from ws.protocol import EXTENSION
 
@@ -44,7 +45,7 @@ async def websocket_endpoint(websocket: WebSocket, token: str | None = None) -> 
         return
     # Registered before the accept (so a client that sees the handshake is already counted),
     # and never waiting on the user's session actor: the subscription follows in the background.
-    conn = manager.connect(user.id, websocket)
+    conn = manager.connect(user.id, websocket, token_hash=hash_secret(raw))
     try:
         await websocket.accept()
         manager.start_writer(conn)
