@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import WebSocket
+from ray.exceptions import ActorUnavailableError, RayActorError
 from starlette.websockets import WebSocketState
 
 from actors.edges import start_hub
 from actors.fanout import TICK_S, Stamped
 from actors.session import actor_name
 from chatdf.settings import Settings
+from ws.inflight import InFlight
 from ws.protocol import EXTENSION
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class Follower:
     sub_id: str = ""
     last_stamp: float = 0.0  # of the last actor event received (resubscribing continues after it)
     task: asyncio.Task[None] | None = None
+    inflight: InFlight = field(default_factory=InFlight)  # turns and loads the stream left open
 
 
 class ConnectionManager:
@@ -293,11 +296,20 @@ class ConnectionManager:
             raise
         except Exception as exc:
             log.info("event stream of user %s ended (%s)", user_id, type(exc).__name__)
+            if isinstance(exc, RayActorError) and not isinstance(exc, ActorUnavailableError):
+                self._report_lost(user_id, follower)  # the actor died: its work will not end
         return started
+
+    def _report_lost(self, user_id: str, follower: Follower) -> None:
+        for event in follower.inflight.lost():
+            text = dumps(event)
+            for conn in list(self._connections.get(user_id, ())):
+                self.enqueue(conn, text)
 
     def _deliver(self, user_id: str, follower: Follower, batch: list[Stamped]) -> None:
         for stamp, event in batch:
             follower.last_stamp = stamp
+            follower.inflight.observe(event)
             text = dumps(event)
             for conn in list(self._connections.get(user_id, ())):
                 if stamp >= conn.accepted_at:  # nothing from before a socket's accept
