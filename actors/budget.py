@@ -118,8 +118,9 @@ class TokenBudget:
         """Share of the limit spent, in percent, two decimals; may exceed 100."""
         return self._percent(self.used())
 
-    def is_exceeded(self) -> bool:
-        return self.used() >= self.limit
+    def is_exceeded(self, reserved: int = 0) -> bool:
+        """Spent, counting `reserved` tokens promised to turns still running."""
+        return self.used() + reserved >= self.limit
 
     def warning_due(self) -> bool:
         """Usage is at or above the warning ratio (80% by default) of the limit."""
@@ -146,9 +147,10 @@ class TokenBudget:
             "resets_in_seconds": resets_in,
         }
 
-    def check(self) -> None:
-        """Refuse a new message when the budget is spent; a running turn is never checked."""
-        if not self.is_exceeded():
+    def check(self, reserved: int = 0) -> None:
+        """Refuse a new message when the budget is spent, counting `reserved` tokens for the
+        user's turns still running; a running turn is never checked."""
+        if not self.is_exceeded(reserved):
             return
         resets_in = self.resets_in_seconds()
         raise OverBudget(

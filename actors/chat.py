@@ -14,7 +14,14 @@ from actors.datasets import DatasetLoader
 from actors.turn import Turn
 from chatdf import events
 from chatdf.db import Database, Message, new_id, utcnow
-from chatdf.errors import BadRequest, ChatdfError, Conflict, OverBudget, Unavailable
+from chatdf.errors import (
+    BadRequest,
+    ChatdfError,
+    Conflict,
+    OverBudget,
+    TooManyRequests,
+    Unavailable,
+)
 from chatdf.settings import Settings
 from chatdf.store import (
     dataset_json,
@@ -79,9 +86,25 @@ class ChatRunner:
         text = self._validate(content)  # ownership: the edge checked; saving checks again
         if conversation_id in self._turns:
             raise Conflict("A response is already being generated for this conversation")
+        cap = self.settings.max_concurrent_turns_per_user
+        if len(self._turns) >= cap:
+            raise TooManyRequests(
+                f"{cap} answers are being generated already; wait for one to finish",
+                "MAX_CONCURRENT_TURNS_PER_USER",
+            )
         if self.budget.is_exceeded():
             await self.publish(self.budget.exceeded_event(conversation_id).wire())
             self.budget.check()
+        # Each running turn holds an estimate of what it will spend, so a user near the limit
+        # cannot start many turns at once (docs/budgets.md: the bound on overshoot).
+        reserved = len(self._turns) * self.settings.turn_token_reserve
+        if self.budget.is_exceeded(reserved):
+            raise TooManyRequests(
+                "The answers already running may use the rest of your daily token budget; "
+                "wait for one to finish",
+                f"{self.budget.used()} tokens used, {reserved} held for running answers, "
+                f"limit {self.budget.limit}",
+            )
         if not self.settings.llm_configured:
             await self.publish(
                 events.ChatError(conversation_id=conversation_id, error=NO_MODEL).wire()

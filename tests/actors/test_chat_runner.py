@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from pydantic import SecretStr
 
 from actors.budget import TokenBudget
@@ -142,3 +143,59 @@ async def test_a_save_that_fails_still_ends_the_turn_with_one_terminal_event(
     (end,) = terminal(published)
     assert end["type"] == "chat_error"
     assert chat.running_count() == 0
+
+
+# Caps that hold: concurrent turns per user, budget reservations (issue 11) -----------------
+
+
+def more_conversations(settings: Settings, chat: ChatRunner, count: int) -> list[str]:
+    db = Database(settings.resolved_database_url)
+    with db.session() as s:
+        convs = [Conversation(user_id=chat.user_id) for _ in range(count)]
+        s.add_all(convs)
+        s.flush()
+        return [c.id for c in convs]
+
+
+async def test_concurrent_turns_per_user_are_capped(
+    gemini_settings: Settings, fake_gemini: FakeGemini
+) -> None:
+    from chatdf.errors import TooManyRequests
+
+    settings = gemini_settings.model_copy(update={"max_concurrent_turns_per_user": 2})
+    chat, _published, conv = runner_for(settings)
+    others = more_conversations(settings, chat, 2)
+    held = [fake_gemini.script_text("a b", chunks=2, hold_after=1) for _ in range(2)]
+    try:
+        await chat.post(conv, "one")
+        await chat.post(others[0], "two")
+        with pytest.raises(TooManyRequests, match="2 answers are being generated already"):
+            await chat.post(others[1], "three")
+        assert chat.running_count() == 2
+    finally:
+        for reply in held:
+            reply.release()
+        await chat.stop(conv)
+        await chat.stop(others[0])
+
+
+async def test_running_turns_hold_budget_so_a_user_near_the_limit_cannot_fan_out(
+    gemini_settings: Settings, fake_gemini: FakeGemini
+) -> None:
+    """Limit 1,000 tokens, each running turn holding 1,000: the first turn starts (nothing
+    spent), a second one at the same time is refused although nothing is spent yet."""
+    from chatdf.errors import TooManyRequests
+
+    settings = gemini_settings.model_copy(
+        update={"token_limit": 1_000, "turn_token_reserve": 1_000}
+    )
+    chat, _published, conv = runner_for(settings)
+    (other,) = more_conversations(settings, chat, 1)
+    held = fake_gemini.script_text("a b", chunks=2, hold_after=1)
+    try:
+        await chat.post(conv, "one")
+        with pytest.raises(TooManyRequests, match="may use the rest of your daily token budget"):
+            await chat.post(other, "two")
+    finally:
+        held.release()
+        await chat.stop(conv)
