@@ -17,7 +17,14 @@ from sqlalchemy.exc import IntegrityError
 from actors.fetch import DatasetUnreachable
 from chatdf import events
 from chatdf.db import Conversation, Database, Dataset, utcnow
-from chatdf.errors import BadRequest, ChatdfError, DatasetError, NotFound, UpstreamFailed
+from chatdf.errors import (
+    BadRequest,
+    ChatdfError,
+    DatasetError,
+    NotFound,
+    TooManyRequests,
+    UpstreamFailed,
+)
 from chatdf.settings import Settings
 from chatdf.store import dataset_json, datasets_of, owned_conversation, touch
 
@@ -71,6 +78,12 @@ class DatasetLoader:
 
     async def add(self, conversation_id: str, url: str) -> dict[str, Any]:
         """Admits the URL, answers at once, and loads in the background (events follow)."""
+        cap = self.settings.max_concurrent_loads_per_user
+        if len(self._loads) >= cap:  # slow servers must not let one user hold every slot
+            raise TooManyRequests(
+                f"{cap} datasets are loading already; wait for one to finish",
+                "MAX_CONCURRENT_LOADS_PER_USER",
+            )
         dataset = await self._admit(conversation_id, url)
         await self.publish(
             events.DatasetLoading(

@@ -118,6 +118,7 @@ class Settings(BaseSettings):
     query_slots_per_node: int = 4  # the embedded Ray's query slots (a cluster: ray start)
     query_queue_timeout_s: float = 120.0  # longest wait for a free query slot
     dataset_load_slots_per_node: int = 8  # the embedded Ray's load slots
+    max_concurrent_loads_per_user: int = 5  # one user's loads at once (a full conversation)
     idle_workers_kept: int = 64  # the embedded Ray keeps this many workers (warm, reused)
     # auto: run each query confined by Landlock where the kernel has it (else warn once);
     # required: refuse to run SQL without it; off: no file/network confinement (docs/sql.md).

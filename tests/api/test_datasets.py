@@ -272,3 +272,20 @@ def test_deleting_a_dataset_cancels_its_running_load(
         event = ws.receive_json()
         assert (event["type"], event["url"]) == ("dataset_loading", other)
     client.close()
+
+
+def test_one_user_cannot_hold_every_load_slot(
+    live: LiveServer, data_server: FakeDataServer
+) -> None:
+    """Slow ("slowloris") dataset servers: past MAX_CONCURRENT_LOADS_PER_USER running loads, a
+    new one is refused (429) instead of taking another slot for minutes."""
+    client, conv = signed_in(live)
+    cap = live.settings.max_concurrent_loads_per_user
+    for i in range(cap):
+        url = data_server.add(f"/slow-{i}.csv", csv_bytes(), stall=True)
+        assert client.post(f"/conversations/{conv}/datasets", json={"url": url}).status_code == 201
+    other = client.post("/conversations").json()["id"]
+    r = client.post(f"/conversations/{other}/datasets", json={"url": data_server.add("/x.csv")})
+    assert r.status_code == 429
+    assert r.json()["error"] == f"{cap} datasets are loading already; wait for one to finish"
+    client.delete(f"/conversations/{conv}")  # cancels the stalled loads
