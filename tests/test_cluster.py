@@ -9,10 +9,12 @@ work started through either edge; a client without the token is refused.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +27,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.live import free_port
+from tests.live import free_port, wait_until
 from tests.pg import SERVER_URL, fresh_database
 from tests.test_serve import GCS_KEYS
 
@@ -47,6 +49,12 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.wait(timeout=40)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _accepts(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
 
 
 def wait_healthy(url: str, nodes: int, logs: list[Path], timeout_s: float = 150) -> None:
@@ -101,7 +109,8 @@ def cluster(tmp_path: Path, database_url: str) -> Iterator[tuple[str, str, str]]
             env,
         )
     ]
-    time.sleep(3)  # the worker needs the head's GCS
+    # The worker needs the head's GCS: wait until it accepts connections, not a fixed time.
+    assert wait_until(lambda: _accepts(ray_port), limit_s=60), (tmp_path / "head.log").read_text()
     procs.append(
         start(
             [
