@@ -58,18 +58,21 @@ run_sql_task = ray.remote(num_returns="streaming", max_retries=0, retry_exceptio
 QUERY_SLOT = "chatdf_query"
 LOAD_SLOT = "chatdf_load"
 _SLOTS_RECHECK_S = 30.0
-_slots_seen: dict[str, float] = {}  # resource -> when it was last looked for (absent)
+_slots_found: set[str] = set()  # resources the cluster has (nodes do not lose them)
+_slots_absent_at: dict[str, float] = {}  # resource -> when it was last looked for, absent
 _user_queries: asyncio.Semaphore | None = None  # this process is one user's session actor
 
 
 def slot_options(resource: str) -> dict[str, Any]:
     """Task options that take one `resource` slot instead of CPU, when the cluster has it."""
-    checked = _slots_seen.get(resource)
-    now = time.monotonic()
-    if checked is None or (checked > 0 and now - checked > _SLOTS_RECHECK_S):
-        has = resource in ray.cluster_resources()  # type: ignore[no-untyped-call]
-        _slots_seen[resource] = 0.0 if has else now  # 0.0: seen, never look again
-    if _slots_seen[resource] == 0.0:
+    if resource not in _slots_found:
+        now = time.monotonic()
+        if now - _slots_absent_at.get(resource, -_SLOTS_RECHECK_S) >= _SLOTS_RECHECK_S:
+            if resource in ray.cluster_resources():  # type: ignore[no-untyped-call]
+                _slots_found.add(resource)
+            else:
+                _slots_absent_at[resource] = now
+    if resource in _slots_found:
         return {"num_cpus": 0, "resources": {resource: 1}}
     return {}
 
@@ -120,23 +123,13 @@ async def _run_task(sql: str, tables: list[dict[str, Any]], settings: Settings) 
     options = {"memory": settings.query_memory_bytes, **slot_options(QUERY_SLOT)}
     task = run_sql_task.options(**options).remote(sql, tables, settings.for_tasks())
     loop = asyncio.get_running_loop()
+    started = False
     try:
-        started = await _next_item(task, settings.query_queue_timeout_s)
-    except TimeoutError:
-        ray.cancel(task, force=True)
-        raise SqlFailed(
-            f"No query slot was free within {_seconds(settings.query_queue_timeout_s)}; "
-            "the service is busy, try again"
-        ) from None
-    except asyncio.CancelledError:
-        ray.cancel(task, force=True)
-        raise
-    except RayError as exc:
-        raise _explain_ray_error(exc) from None
-    if started is None or started["kind"] != "started":
-        raise SqlFailed("The query ended without a result")
-    deadline = loop.time() + settings.query_timeout_s
-    try:
+        first = await _next_item(task, settings.query_queue_timeout_s)  # the worker began
+        if first is None or first["kind"] != "started":
+            raise SqlFailed("The query ended without a result")
+        started = True
+        deadline = loop.time() + settings.query_timeout_s
         first = await _next_item(task, deadline - loop.time())
         if first is None:
             raise SqlFailed("The query ended without a result")
@@ -148,6 +141,11 @@ async def _run_task(sql: str, tables: list[dict[str, Any]], settings: Settings) 
         return result
     except TimeoutError:
         ray.cancel(task, force=True)
+        if not started:
+            raise SqlFailed(
+                f"No query slot was free within {_seconds(settings.query_queue_timeout_s)}; "
+                "the service is busy, try again"
+            ) from None
         raise SqlFailed(
             f"The query took longer than {_seconds(settings.query_timeout_s)} and was cancelled"
         ) from None
