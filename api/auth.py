@@ -34,6 +34,7 @@ from chatdf.store import (
     referral_key_usable,
     user_json,
 )
+from ws.endpoint import CLOSE_UNAUTHORIZED
 
 router = APIRouter(prefix="/auth", tags=["auth"], route_class=CheckedRoute)
 
@@ -264,6 +265,6 @@ async def logout(
     await asyncio.to_thread(end)
     # This edge closes them now; other edges within SESSION_CHECK_INTERVAL_S (ws/sessions.py).
     manager = request.app.state.connection_manager
-    await manager.close_sessions({hash_secret(token)}, 4001, "signed out")
+    await manager.close_sessions({hash_secret(token)}, CLOSE_UNAUTHORIZED, "signed out")
     response.delete_cookie(COOKIE_NAME, path="/")
     return {"success": True}

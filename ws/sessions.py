@@ -8,10 +8,9 @@ import logging
 from chatdf.db import Database
 from chatdf.store import live_token_hashes
 from ws.connections import ConnectionManager
+from ws.endpoint import CLOSE_UNAUTHORIZED
 
 log = logging.getLogger(__name__)
-
-CLOSE_SESSION_ENDED = 4001  # the contract's code for a socket without a valid session
 
 
 async def watch_sessions(manager: ConnectionManager, db: Database, interval_s: float) -> None:
@@ -29,7 +28,7 @@ async def watch_sessions(manager: ConnectionManager, db: Database, interval_s: f
             continue
         ended = hashes - live
         if ended:
-            closed = await manager.close_sessions(ended, CLOSE_SESSION_ENDED, "session ended")
+            closed = await manager.close_sessions(ended, CLOSE_UNAUTHORIZED, "session ended")
             log.info("closed %d socket(s) whose session ended", closed)
 
 
