@@ -18,6 +18,9 @@ from chatdf.errors import SqlRefused
 DIALECT = "duckdb"
 
 SINGLE_SELECT = "Only a single SELECT query is allowed"
+UNPARSEABLE = (
+    "The SQL could not be parsed; write one standard SELECT with double-quoted identifiers"
+)
 
 # Anything that is not a read: statements, writes, session state, catalogs. The root must be
 # a SELECT anyway; these also catch such nodes nested where a dialect allows them.
@@ -124,7 +127,7 @@ def _refuse_ambiguous_lexing(sql: str) -> list[Token]:
         tokens = Tokenizer(dialect=DIALECT).tokenize(sql)
     except SqlglotError as exc:
         raise SqlRefused(
-            "The SQL could not be parsed; write one standard SELECT with double-quoted identifiers",
+            UNPARSEABLE,
             details=str(exc)[:1000],
         ) from exc
     position = 0
@@ -156,7 +159,7 @@ def _parse_single_select(sql: str) -> exp.Query:
         statements = [s for s in sqlglot.parse(sql, read=DIALECT) if s is not None]
     except SqlglotError as exc:
         raise SqlRefused(
-            "The SQL could not be parsed; write one standard SELECT with double-quoted identifiers",
+            UNPARSEABLE,
             details=str(exc)[:1000],
         ) from exc
     if not statements:
