@@ -7,9 +7,11 @@ import contextlib
 import logging
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from actors import directory
 from actors.budget import TokenBudget, prune_cutoff, prune_usage
 from actors.chat import ChatRunner
 from actors.datasets import DatasetLoader
@@ -20,22 +22,32 @@ from chatdf.settings import Settings
 
 log = logging.getLogger(__name__)
 
+NAME_PREFIX = "session:"
+NOT_BOUND = "This session actor is not bound to a user"
+
+
+class NotBound(RuntimeError):
+    """A call reached a started actor before it was bound to a user (a bug, not a user error)."""
+
 
 class SessionActor:
     """Plain class holding one user's live state; `actor_class()` wraps it for Ray.
 
-    Unit tests drive it directly (no Ray); in the service exactly one instance per user runs as a
-    named, detached Ray actor that lives while its user is active (a call within
-    ACTOR_IDLE_TIMEOUT_S, a running turn or load) and then exits, open sockets or not.
+    Unit tests drive it directly (no Ray), bound at construction. In the service, actors are
+    started unbound ahead of demand (actors/spares.py), and one binds itself to a user when the
+    user first needs it (`bind`, through actors/directory.py). It then lives while its user is
+    active (a call within ACTOR_IDLE_TIMEOUT_S, a running turn or load) and exits, open sockets
+    or not.
     """
 
     def __init__(
         self,
-        user_id: str,
+        user_id: str | None,
         settings: Settings,
         clock: Callable[[], float] = time.time,
+        *,
+        edge: str = "",
     ) -> None:
-        self.user_id = user_id
         self.settings = settings
         self.clock = clock
         self.db = Database(
@@ -47,13 +59,73 @@ class SessionActor:
         self.fanout = Fanout(
             settings.subscriber_queue_max, settings.event_buffer_max, settings.event_buffer_s
         )
-        self.budget = TokenBudget(user_id, settings, self.db, clock=clock)
-        self.datasets = DatasetLoader(user_id, settings, self.db, self.publish)
-        self.chat = ChatRunner(user_id, settings, self.db, self.publish, self.budget, self.datasets)
+        self.user_id: str | None = None
+        self._generation = -1  # of this actor's binding in the directory; -1: none held
+        self._edge = edge  # the edge that started this spare: it exits with it while unbound
+        self._bind_lock = asyncio.Lock()
         self._last_active = time.monotonic()
         self._startup: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._watched: set[str] = set()  # edges whose death this actor listens for
+        if user_id is not None:
+            self._take_user(user_id)
+
+    def _take_user(self, user_id: str) -> None:
+        self.user_id = user_id
+        self.budget = TokenBudget(user_id, self.settings, self.db, clock=self.clock)
+        self.datasets = DatasetLoader(user_id, self.settings, self.db, self.publish)
+        self.chat = ChatRunner(
+            user_id, self.settings, self.db, self.publish, self.budget, self.datasets
+        )
+
+    # Binding -----------------------------------------------------------------------------
+
+    async def warm(self) -> bool:
+        """Makes a started, unbound actor ready to bind at once: database connected, and gone
+        with the edge that started it if that edge dies before handing it to a user."""
+        await asyncio.to_thread(self.db.ping)
+        if self._edge and self.user_id is None:
+            self._spawn(self._exit_unbound_with_edge(self._edge))
+        return True
+
+    async def _exit_unbound_with_edge(self, edge: str) -> None:
+        await watch_edge(edge, self.settings.ray_namespace, lambda: self.user_id is None)
+        if self.user_id is None:
+            log.info("edge %s is gone; its unbound session actor exits", edge)
+            _exit_current_actor()
+
+    async def bind(self, user_id: str) -> str:
+        """Becomes `user_id`'s session unless a live actor already is; returns the name of the
+        user's session actor (this one's when it won)."""
+        async with self._bind_lock:
+            if self.user_id == user_id:
+                return _current_actor_name()
+            if self.user_id is not None:
+                raise NotBound(f"bound to another user, not {user_id}")
+            self._take_user(user_id)  # before the binding is visible: no call finds it unbound
+            name = _current_actor_name()
+            try:
+                winner, generation = await asyncio.to_thread(
+                    directory.bind, user_id, name, self.settings.ray_namespace
+                )
+            except BaseException:
+                self._drop_user()
+                raise
+            if winner != name:
+                self._drop_user()
+                return winner
+            self._generation = generation
+        await self.ready()
+        return name
+
+    def _bound_user(self) -> str:
+        if self.user_id is None:
+            raise NotBound(NOT_BOUND)
+        return self.user_id
+
+    def _drop_user(self) -> None:
+        self.user_id = None
+        del self.budget, self.datasets, self.chat
 
     # Lifecycle ---------------------------------------------------------------------------
 
@@ -62,6 +134,7 @@ class SessionActor:
 
         Every caller waits for the same start-up, so no call runs on a half-loaded budget.
         """
+        self._bound_user()
         if self._startup is None:
             self._startup = asyncio.get_running_loop().create_task(self._start())
         try:
@@ -84,19 +157,22 @@ class SessionActor:
         after a socket's accept is lost while the edges catch up.
         """
         try:
-            calls = await asyncio.to_thread(notify_edges, self.user_id, self.settings.ray_namespace)
+            user_id = self._bound_user()
+            calls = await asyncio.to_thread(notify_edges, user_id, self.settings.ray_namespace)
             await asyncio.gather(*calls, return_exceptions=True)
         except Exception:
             log.warning("could not wake the edges of user %s", self.user_id, exc_info=True)
 
     async def check_health(self) -> dict[str, Any]:
+        bound = self.user_id is not None
         return {
             "user_id": self.user_id,
             "subscribers": len(self.fanout),
             "edges": sorted(self.fanout.edges()),
-            "running_turns": self.chat.running_count(),
-            "loading": self.datasets.running_count(),
+            "running_turns": self.chat.running_count() if bound else 0,
+            "loading": self.datasets.running_count() if bound else 0,
             "polars_loaded": "polars" in sys.modules,  # must stay False (see actors/tasks.py)
+            "sqlglot_loaded": "sqlglot" in sys.modules,  # also False: SQL is checked in the task
         }
 
     def is_idle(self) -> bool:
@@ -117,8 +193,19 @@ class SessionActor:
                     await asyncio.to_thread(prune_usage, self.db, cutoff, self.user_id)
             if self.is_idle():
                 log.info("session actor for %s idle; exiting", self.user_id)
+                await self._unbind()
                 _exit_current_actor()
                 return
+
+    async def _unbind(self) -> None:
+        """Gives up this actor's binding, so the user's next call starts a new actor at once."""
+        if self._generation < 0 or self.user_id is None:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(
+                directory.unbind, self.user_id, self._generation, self.settings.ray_namespace
+            )
+        self._generation = -1
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -216,35 +303,57 @@ def _exit_current_actor() -> None:
             ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
 
-def actor_name(user_id: str) -> str:
-    return f"session:{user_id}"
+def _current_actor_name() -> str:
+    import ray
+
+    name: str = ray.get_runtime_context().get_actor_name() or ""
+    return name
 
 
 _remote_class: Any = None
 
 
 def actor_class() -> Any:
-    """The Ray shell around SessionActor: async, no CPU slot, many concurrent calls."""
+    """The Ray shell around SessionActor: async, no CPU slot, many concurrent calls.
+
+    No restarts: a restarted actor would come back unbound under a name a binding points to. A
+    dead one is replaced instead (the next call binds a new actor; see api/deps.call_actor).
+    """
     global _remote_class
     if _remote_class is None:
         import ray
 
         # Ray's stubs lack actor-only options such as max_concurrency.
         _remote_class = ray.remote(  # type: ignore[call-overload]
-            num_cpus=0, max_concurrency=1000, max_restarts=3
+            num_cpus=0, max_concurrency=1000, max_restarts=0
         )(SessionActor)
     return _remote_class
 
 
-def get_session_actor(user_id: str, settings: Settings) -> Any:
-    """The user's actor, created on first use (get-if-exists), detached and self-reaping."""
-    return (
+def start_unbound_actor(settings: Settings, edge: str = "") -> tuple[str, Any]:
+    """Starts a session actor bound to nobody yet: detached (a bound one outlives its edge),
+    self-reaping once bound, gone with `edge` while unbound. Returns its name and handle."""
+    name = f"{NAME_PREFIX}{uuid.uuid4().hex}"
+    handle = (
         actor_class()
-        .options(
-            name=actor_name(user_id),
-            namespace=settings.ray_namespace,
-            lifetime="detached",
-            get_if_exists=True,
-        )
-        .remote(user_id, settings)
+        .options(name=name, namespace=settings.ray_namespace, lifetime="detached")
+        .remote(None, settings, edge=edge)
     )
+    return name, handle
+
+
+def get_session_actor(user_id: str, settings: Settings) -> Any:
+    """The user's actor, started and bound on first use (blocking; the edge's path is async)."""
+    import ray
+
+    namespace = settings.ray_namespace
+    try:
+        return directory.find_session_actor(user_id, namespace)
+    except ValueError:
+        pass
+    name, handle = start_unbound_actor(settings)
+    winner = ray.get(handle.bind.remote(user_id))
+    if winner == name:
+        return handle
+    ray.kill(handle, no_restart=True)
+    return ray.get_actor(winner, namespace=namespace)

@@ -83,6 +83,14 @@ def _fork_server() -> ForkServerContext:
     return _context
 
 
+def start_fork_server() -> None:
+    """Starts this worker's query fork server now (it imports Polars), not at the first query."""
+    from multiprocessing import forkserver
+
+    _fork_server()
+    forkserver.ensure_running()
+
+
 def _died(exitcode: int, memory_bytes: int) -> SqlFailed:
     if exitcode == -signal.SIGABRT:  # how Polars ends when an allocation fails
         return SqlFailed(

@@ -11,7 +11,6 @@ from collections.abc import Generator, Iterator
 from typing import Any
 
 from actors.sql_child import QueryLimits, QueryTable
-from actors.sql_guard import check_sql
 from actors.sql_sandbox import run_confined
 from chatdf.errors import DETAILS_MAX_CHARS, ChatdfError, SqlFailed
 from chatdf.settings import Settings
@@ -55,6 +54,8 @@ def _run(
     being opened (a refresh of the dataset replaced it) is fetched again, once."""
     # The task checks again, in full: it does the I/O and must not trust its caller, and the
     # Polars cross-check runs only here (the session actor does not load Polars).
+    from actors.sql_guard import check_sql  # here, not at import: the session actor loads this
+
     by_name = {t["name"]: t for t in tables}
     used = [by_name[name] for name in check_sql(sql, list(by_name), settings.max_sql_chars)]
     retries_left = 1

@@ -18,7 +18,6 @@ from typing import Any
 import ray
 from ray.exceptions import OutOfMemoryError, RayError, TaskCancelledError, WorkerCrashedError
 
-from actors.sql_guard import check_sql
 from chatdf.errors import ChatdfError, SqlFailed
 from chatdf.settings import Settings
 
@@ -46,6 +45,31 @@ def sql_task(
 
     with _portable_errors():
         yield from stream_sql(sql, tables, settings)
+
+
+def warm_worker() -> int:
+    """Readies one task worker ahead of demand: Polars and the load and query code imported,
+    the query fork server started. Returns the worker's pid. Named so it shows as
+    `ray::warm_worker`; the worker then idles and takes later loads and queries."""
+    import os
+
+    import polars  # noqa: F401  # the import is the point
+    import pyarrow.parquet  # noqa: F401
+
+    from actors import dataset_task, sql_task  # noqa: F401
+    from actors.sql_sandbox import start_fork_server
+
+    start_fork_server()
+    return os.getpid()
+
+
+warm_worker_task = ray.remote(num_cpus=0, max_retries=0)(warm_worker)
+
+
+def warm_task_workers(count: int) -> list[Any]:
+    """Starts `count` warm-up tasks at once (so Ray starts about as many workers); returns
+    their refs. No slot is taken: a real load or query never waits behind a warm-up."""
+    return [warm_worker_task.remote() for _ in range(count)]
 
 
 load_dataset_task = ray.remote(max_retries=0, num_cpus=0.5)(load_dataset)
@@ -109,10 +133,10 @@ async def run_sql(sql: str, tables: list[dict[str, Any]], settings: Settings) ->
     """Check `sql`, run it as a Ray task on `tables` ({name, url, format}) and return the result.
 
     Raises SqlRefused, SqlFailed (engine error, time limit, memory) or the DatasetError of a
-    table that could not be fetched. The sqlglot checks run here, so most refusals cost no
-    task; the Polars cross-check runs in the task, before it reads anything.
+    table that could not be fetched. Every check (sqlglot's and the Polars cross-check) runs in
+    the task, before it reads anything: the session actor imports no SQL parser (≈ 8 MB and a
+    first-query import per actor), and a refusal costs one call to a warm worker.
     """
-    check_sql(sql, [t["name"] for t in tables], settings.max_sql_chars, cross_check=False)
     async with _user_query_slots(settings):  # QUERY_MAX_CONCURRENT_PER_USER
         return await _run_task(sql, tables, settings)
 

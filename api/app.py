@@ -20,6 +20,8 @@ from starlette.datastructures import Headers
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from actors.spares import Sessions, SparePool
+from actors.tasks import warm_task_workers
 from api import auth, chat, conversations, datasets, embedded_ray, health, usage
 from api.deps import COOKIE_NAME, NOT_SIGNED_IN, authenticate, token_from
 from api.errors import DATABASE_UNAVAILABLE, error_response, install_error_handlers
@@ -249,11 +251,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     manager = ConnectionManager(settings)
     await manager.start()
     app.state.connection_manager = manager
+    spares = SparePool(settings, manager.hub_name)
+    spares.start()
+    if settings.warm_task_workers:
+        await asyncio.to_thread(warm_task_workers, settings.warm_task_workers)  # not awaited
+    app.state.sessions = Sessions(settings, spares)
     watch = asyncio.create_task(watch_sessions(manager, db, settings.session_check_interval_s))
     try:
         yield
     finally:
         watch.cancel()
+        await spares.close()
         await manager.close_all()
         db.dispose()
         if started_ray:

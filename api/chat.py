@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from api.deps import (
     CurrentUser,
     OwnedConversationId,
-    SettingsDep,
+    SessionsDep,
     call_actor,
     call_actor_if_running,
 )
@@ -34,28 +34,28 @@ async def post_message(
     conversation_id: OwnedConversationId,
     body: MessageBody,
     user: CurrentUser,
-    settings: SettingsDep,
+    sessions: SessionsDep,
 ) -> dict[str, Any]:
     """Saves the user's message and starts the model's turn; events follow on the socket."""
     result: dict[str, Any] = await call_actor(
-        settings, user.id, "post_message", conversation_id, body.content
+        sessions, user.id, "post_message", conversation_id, body.content
     )
     return result
 
 
 @router.post("/stop")
 async def stop_turn(
-    conversation_id: OwnedConversationId, user: CurrentUser, settings: SettingsDep
+    conversation_id: OwnedConversationId, user: CurrentUser, sessions: SessionsDep
 ) -> dict[str, bool]:
     """Stops the running turn, keeping its partial answer (a no-op when none runs)."""
-    await call_actor_if_running(settings, user.id, "stop", conversation_id)
+    await call_actor_if_running(sessions, user.id, "stop", conversation_id)
     return {"success": True}
 
 
 @router.post("/query")
 async def run_query(
-    conversation_id: OwnedConversationId, body: QueryBody, user: CurrentUser, settings: SettingsDep
+    conversation_id: OwnedConversationId, body: QueryBody, user: CurrentUser, sessions: SessionsDep
 ) -> dict[str, Any]:
     """Runs SQL on the conversation's datasets under the model's sandbox and limits."""
-    result: dict[str, Any] = await call_actor(settings, user.id, "query", conversation_id, body.sql)
+    result: dict[str, Any] = await call_actor(sessions, user.id, "query", conversation_id, body.sql)
     return result

@@ -47,6 +47,9 @@ def serve(settings: Settings) -> None:
         **uvicorn_ws_options(settings),  # protocol-level pings too; see ws/protocol.py
         log_level=settings.log_level.lower(),
         proxy_headers=True,
+        # Requests still waiting (on a session start, a slow query) are cut off after this at
+        # SIGTERM, so a service manager's stop never hangs on them.
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
     )
     server = uvicorn.Server(config)
     install_redaction()  # uvicorn configures its loggers in Config(); filter them after

@@ -9,7 +9,7 @@ from fastapi import APIRouter, status
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from api.deps import CurrentUser, DbDep, SettingsDep, call_actor_if_running
+from api.deps import CurrentUser, DbDep, SessionsDep, call_actor_if_running
 from api.routing import CheckedRoute
 from chatdf.db import Conversation, iso
 from chatdf.store import (
@@ -73,7 +73,7 @@ def rename_conversation(
 
 @router.delete("/{conversation_id}")
 async def delete_conversation(
-    conversation_id: str, user: CurrentUser, db: DbDep, settings: SettingsDep
+    conversation_id: str, user: CurrentUser, db: DbDep, sessions: SessionsDep
 ) -> dict[str, bool]:
     """Deletes a conversation with its messages and datasets (a running turn is stopped)."""
 
@@ -88,14 +88,14 @@ async def delete_conversation(
                 s.delete(conv)
 
     await asyncio.to_thread(check)  # database calls run off the event loop
-    await call_actor_if_running(settings, user.id, "forget_conversation", conversation_id)
+    await call_actor_if_running(sessions, user.id, "forget_conversation", conversation_id)
     await asyncio.to_thread(delete)
     return {"success": True}
 
 
 @router.delete("")
 async def delete_all_conversations(
-    user: CurrentUser, db: DbDep, settings: SettingsDep
+    user: CurrentUser, db: DbDep, sessions: SessionsDep
 ) -> dict[str, Any]:
     """Deletes every conversation of the user."""
 
@@ -111,5 +111,5 @@ async def delete_all_conversations(
             return len(rows)
 
     for conversation_id in await asyncio.to_thread(ids):
-        await call_actor_if_running(settings, user.id, "forget_conversation", conversation_id)
+        await call_actor_if_running(sessions, user.id, "forget_conversation", conversation_id)
     return {"success": True, "deleted_count": await asyncio.to_thread(delete)}

@@ -14,7 +14,7 @@ from api.deps import (
     CurrentUser,
     DbDep,
     OwnedConversationId,
-    SettingsDep,
+    SessionsDep,
     call_actor,
     call_actor_if_running,
 )
@@ -44,11 +44,11 @@ class RenameBody(BaseModel):
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 async def add_dataset(
-    conversation_id: OwnedConversationId, body: AddBody, user: CurrentUser, settings: SettingsDep
+    conversation_id: OwnedConversationId, body: AddBody, user: CurrentUser, sessions: SessionsDep
 ) -> dict[str, Any]:
     """Attaches a dataset by URL; answers at once, progress arrives as events."""
     result: dict[str, Any] = await call_actor(
-        settings, user.id, "add_dataset", conversation_id, body.url
+        sessions, user.id, "add_dataset", conversation_id, body.url
     )
     return result
 
@@ -100,7 +100,7 @@ def validate_table_name(name: object) -> str:
 
 @router.post("/{dataset_id}/refresh")
 async def refresh_dataset(
-    conversation_id: str, dataset_id: str, user: CurrentUser, db: DbDep, settings: SettingsDep
+    conversation_id: str, dataset_id: str, user: CurrentUser, db: DbDep, sessions: SessionsDep
 ) -> dict[str, Any]:
     """Re-reads the dataset's schema from its URL (502 when the URL no longer answers)."""
 
@@ -110,14 +110,14 @@ async def refresh_dataset(
 
     await asyncio.to_thread(check)  # never a database call on the event loop
     result: dict[str, Any] = await call_actor(
-        settings, user.id, "refresh_dataset", conversation_id, dataset_id
+        sessions, user.id, "refresh_dataset", conversation_id, dataset_id
     )
     return result
 
 
 @router.delete("/{dataset_id}")
 async def delete_dataset(
-    conversation_id: str, dataset_id: str, user: CurrentUser, db: DbDep, settings: SettingsDep
+    conversation_id: str, dataset_id: str, user: CurrentUser, db: DbDep, sessions: SessionsDep
 ) -> dict[str, bool]:
     """Removes the dataset from the conversation (a load still running is cancelled)."""
 
@@ -132,6 +132,6 @@ async def delete_dataset(
             touch(owned_conversation(s, user.id, conversation_id))
 
     await asyncio.to_thread(check)
-    await call_actor_if_running(settings, user.id, "forget_dataset", dataset_id)
+    await call_actor_if_running(sessions, user.id, "forget_dataset", dataset_id)
     await asyncio.to_thread(delete)
     return {"success": True}

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, WebSocket
 
-from actors.session import actor_name, get_session_actor
+from actors.spares import Sessions
 from api.errors import unwrap
 from chatdf.db import Database
 from chatdf.errors import ChatdfError, Unauthorized
@@ -36,8 +35,14 @@ def get_db(request: Request) -> Database:
     return db
 
 
+def get_sessions(request: Request) -> Sessions:
+    sessions: Sessions = request.app.state.sessions
+    return sessions
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 DbDep = Annotated[Database, Depends(get_db)]
+SessionsDep = Annotated[Sessions, Depends(get_sessions)]
 
 
 def token_from(request: Request | WebSocket, query_token: str | None = None) -> tuple[str, str]:
@@ -86,15 +91,17 @@ def owned_conversation_id(conversation_id: str, user: CurrentUser, db: DbDep) ->
 OwnedConversationId = Annotated[str, Depends(owned_conversation_id)]
 
 
-async def call_actor(settings: Settings, user_id: str, method: str, *args: Any) -> Any:
-    """Calls a method on the user's session actor, re-creating it once if it just exited."""
+async def call_actor(sessions: Sessions, user_id: str, method: str, *args: Any) -> Any:
+    """Calls a method on the user's session actor, binding a new one once if it just exited."""
     for attempt in range(2):
-        handle = await asyncio.to_thread(get_session_actor, user_id, settings)
+        handle = await sessions.get(user_id)
         try:
             return await _remote_call(handle, method, args)
         except Exception as exc:
-            if attempt == 0 and type(exc).__name__ in ("ActorDiedError", "RayActorError"):
-                continue
+            if type(exc).__name__ in ("ActorDiedError", "RayActorError"):
+                sessions.forget(user_id)
+                if attempt == 0:
+                    continue
             raise
     raise AssertionError("unreachable")
 
@@ -110,14 +117,15 @@ async def _remote_call(handle: Any, method: str, args: tuple[Any, ...]) -> Any:
         raise
 
 
-async def call_actor_if_running(settings: Settings, user_id: str, method: str, *args: Any) -> Any:
+async def call_actor_if_running(sessions: Sessions, user_id: str, method: str, *args: Any) -> Any:
     """Like call_actor, but does nothing (returns None) when the user has no live actor."""
-    import ray
-
-    try:
-        handle = await asyncio.to_thread(
-            ray.get_actor, actor_name(user_id), namespace=settings.ray_namespace
-        )
-    except ValueError:
+    handle = await sessions.find(user_id, fresh=True)
+    if handle is None:
         return None
-    return await _remote_call(handle, method, args)
+    try:
+        return await _remote_call(handle, method, args)
+    except Exception as exc:
+        if type(exc).__name__ in ("ActorDiedError", "RayActorError"):
+            sessions.forget(user_id)
+            return None  # it exited meanwhile: nothing of it to stop or cancel
+        raise

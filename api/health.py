@@ -29,8 +29,9 @@ def ray_nodes() -> int:
 
 
 @router.get("/health")
-async def health(db: DbDep, settings: SettingsDep) -> JSONResponse:
-    """Whether Ray and the database answer, and whether a model key is configured."""
+async def health(request: Request, db: DbDep, settings: SettingsDep) -> JSONResponse:
+    """Whether Ray and the database answer, whether a model key is configured, and how many
+    warm session actors this edge holds ready."""
     nodes = await asyncio.to_thread(ray_nodes)
     db_ok = await asyncio.to_thread(db.ping)
     ok = nodes > 0 and db_ok
@@ -40,6 +41,7 @@ async def health(db: DbDep, settings: SettingsDep) -> JSONResponse:
         "ray_nodes": nodes,
         "database": db_ok,
         "llm_configured": settings.llm_configured,
+        "warm_session_actors": len(request.app.state.sessions.pool or ()),
     }
     return JSONResponse(body, status_code=200 if ok else 503)
 

@@ -6,13 +6,13 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.deps import CurrentUser, SettingsDep, call_actor
+from api.deps import CurrentUser, SessionsDep, call_actor
 
 router = APIRouter(tags=["usage"])
 
 
 @router.get("/usage")
-async def get_usage(user: CurrentUser, settings: SettingsDep) -> dict[str, Any]:
+async def get_usage(user: CurrentUser, sessions: SessionsDep) -> dict[str, Any]:
     """Tokens used, limit, remaining and time to reset over the rolling window."""
-    result: dict[str, Any] = await call_actor(settings, user.id, "usage")
+    result: dict[str, Any] = await call_actor(sessions, user.id, "usage")
     return result

@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DAY_S = 24 * 3600
@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     ray_num_cpus: int | None = None  # embedded Ray only
     host: str = "127.0.0.1"
     port: int = 8000
+    shutdown_timeout_s: int = 10  # at SIGTERM, requests still running get this long
 
     # Auth
     dev_login: bool | None = None  # None: on only when bound to loopback
@@ -65,6 +66,9 @@ class Settings(BaseSettings):
 
     # Session actors
     actor_idle_timeout_s: float = 120.0  # no call, turn or load this long: the actor exits
+    # Started, unbound session actors each edge keeps ready (actors/spares.py): a user's first
+    # call binds one instead of waiting for a process to start. Each costs one idle process.
+    warm_session_actors: int = Field(default=2, ge=0, le=64)
     actor_reap_interval_s: float = 10.0
     subscriber_queue_max: int = 10_000  # events queued in the actor for one edge
     subscriber_backpressure: int = 8  # event batches in flight between an actor and one edge
@@ -119,7 +123,11 @@ class Settings(BaseSettings):
     query_queue_timeout_s: float = 120.0  # longest wait for a free query slot
     dataset_load_slots_per_node: int = 8  # the embedded Ray's load slots
     max_concurrent_loads_per_user: int = 5  # one user's loads at once (a full conversation)
-    idle_workers_kept: int = 64  # the embedded Ray keeps this many workers (warm, reused)
+    # The embedded Ray kills idle workers only past this many workers in all (actors count):
+    # high, so idle task workers (at most the peak of concurrent loads and queries) stay warm.
+    idle_workers_kept: int = 10_000
+    # Task workers each edge readies at start (Polars imported, query fork server running).
+    warm_task_workers: int = Field(default=4, ge=0, le=256)
     # auto: run each query confined by Landlock where the kernel has it (else warn once);
     # required: refuse to run SQL without it; off: no file/network confinement (docs/sql.md).
     sql_sandbox: Literal["auto", "required", "off"] = "auto"

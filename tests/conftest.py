@@ -49,6 +49,9 @@ def settings(tmp_path: Path) -> Settings:
         dataset_allow_private_hosts=True,
         ray_namespace="chatdf-tests",
         llm_backoff_s=0.01,
+        # No warm actors unless a test asks: each is a process, and most tests start edges.
+        warm_session_actors=0,
+        warm_task_workers=0,
     )
 
 

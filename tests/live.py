@@ -15,10 +15,20 @@ import uvicorn
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from actors.directory import find_session_actor
 from api.app import create_app
 from chatdf.events import parse_event
 from chatdf.settings import Settings
 from ws.protocol import uvicorn_ws_options
+
+
+def session_alive(user_id: str, settings: Settings) -> bool:
+    """Whether a session actor is bound to the user and running."""
+    try:
+        find_session_actor(user_id, settings.ray_namespace)
+        return True
+    except ValueError:
+        return False
 
 
 def wait_until(condition: Callable[[], bool], limit_s: float = 60.0) -> bool:

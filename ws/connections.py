@@ -16,9 +16,9 @@ from fastapi import WebSocket
 from ray.exceptions import ActorUnavailableError, RayActorError
 from starlette.websockets import WebSocketState
 
+from actors.directory import find_session_actor
 from actors.edges import start_hub
 from actors.fanout import TICK_S, Stamped
-from actors.session import actor_name
 from chatdf.settings import Settings
 from ws.inflight import InFlight
 from ws.protocol import EXTENSION
@@ -231,9 +231,7 @@ class ConnectionManager:
 
     def _running_actor(self, user_id: str) -> Any:
         """The user's live actor; ValueError when none runs (this never starts one)."""
-        import ray
-
-        return ray.get_actor(actor_name(user_id), namespace=self.settings.ray_namespace)
+        return find_session_actor(user_id, self.settings.ray_namespace)
 
     async def _follow_hub(self) -> None:
         """Wakes the followers of users whose actor just started (from this edge's hub)."""

@@ -5,19 +5,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import ray
-
-from actors.session import actor_name
 from chatdf.settings import Settings
-from tests.live import LiveServer, wait_until
-
-
-def actor_alive(user_id: str, settings: Settings) -> bool:
-    try:
-        ray.get_actor(actor_name(user_id), namespace=settings.ray_namespace)
-        return True
-    except ValueError:
-        return False
+from tests.live import LiveServer, session_alive, wait_until
 
 
 def test_actor_lives_while_used_and_exits_once_idle_with_a_socket_open(
@@ -29,15 +18,15 @@ def test_actor_lives_while_used_and_exits_once_idle_with_a_socket_open(
     server = LiveServer(quick).start()
     try:
         token, user_id, client = server.login(f"reap-{uuid.uuid4().hex[:8]}@example.com")
-        assert not actor_alive(user_id, quick)  # sign-in alone starts nothing
+        assert not session_alive(user_id, quick)  # sign-in alone starts nothing
         with server.ws(token):
-            assert not actor_alive(user_id, quick)  # nor does a socket
+            assert not session_alive(user_id, quick)  # nor does a socket
             assert client.get("/usage").status_code == 200  # a call does
-            assert actor_alive(user_id, quick)
-            assert wait_until(lambda: not actor_alive(user_id, quick))  # idle: it exits
+            assert session_alive(user_id, quick)
+            assert wait_until(lambda: not session_alive(user_id, quick))  # idle: it exits
             assert server.manager.count(user_id) == 1  # and the socket stays open
             assert client.get("/usage").status_code == 200  # next use makes a new one
-            assert actor_alive(user_id, quick)
+            assert session_alive(user_id, quick)
         client.close()
     finally:
         server.stop()

@@ -299,7 +299,7 @@ async def test_run_sql_refuses_before_any_io(
 async def test_run_sql_cross_checks_in_the_task_before_any_io(
     served: Callable[..., dict[str, Any]], data_server: FakeDataServer, settings: Settings
 ) -> None:
-    """The caller checks with sqlglot only; the task runs Polars' parser before fetching."""
+    """The task runs Polars' parser (after sqlglot's checks) before fetching anything."""
     tables = [served("table1", SALES)]
     with pytest.raises(SqlRefused, match="The query engine could not parse the SQL"):
         await run_sql("SELECT * FROM table1 USING SAMPLE 10", tables, settings)

@@ -17,15 +17,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 CALLER_SIDE = """
 import sys
-import actors.session, actors.tasks
-from actors.sql_guard import check_sql
-assert check_sql("SELECT * FROM t", ["t"], 100, cross_check=False) == ["t"]
-loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("polars", "pyarrow"))
+import actors.session, actors.spares, actors.tasks
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("polars", "pyarrow", "sqlglot"))
 assert not loaded, loaded
 """
 
 
-def test_the_session_actor_side_imports_no_polars() -> None:
+def test_the_session_actor_side_imports_no_polars_and_no_sql_parser() -> None:
     """A fresh interpreter (this one already has Polars) imports what the actor imports."""
     run = subprocess.run(
         [sys.executable, "-c", CALLER_SIDE], cwd=ROOT, capture_output=True, text=True
@@ -47,3 +45,19 @@ def test_own_and_builtin_errors_pass_unchanged() -> None:
         with pytest.raises(type(error)) as info, _portable_errors():
             raise error
         assert info.value is error
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_warm_up_readies_distinct_workers_with_polars_and_the_fork_server() -> None:
+    """Each warm-up leaves a task worker with Polars imported and its query fork server
+    running, so the first real query forks at once instead of starting Python twice."""
+    import psutil
+    import ray
+
+    from actors.tasks import warm_task_workers
+
+    pids = set(ray.get(warm_task_workers(3), timeout=120))
+    assert len(pids) >= 2  # Ray leased workers side by side, not one after another
+    for pid in pids:
+        children = psutil.Process(pid).children()
+        assert any("forkserver" in " ".join(c.cmdline()) for c in children), children

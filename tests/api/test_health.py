@@ -33,6 +33,7 @@ def test_health_ok_without_llm_key(server: LiveServer) -> None:
         "ray_nodes": 1,
         "database": True,
         "llm_configured": False,
+        "warm_session_actors": 0,  # the tests' settings keep none
     }
 
 

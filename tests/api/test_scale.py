@@ -8,11 +8,11 @@ import uuid
 import polars as pl
 import ray
 
-from actors.session import actor_name, get_session_actor
+from actors.session import get_session_actor
 from chatdf.settings import Settings
 from tests.fakes.fake_data_server import FakeDataServer
 from tests.fakes.fake_gemini import FakeGemini
-from tests.live import LiveServer
+from tests.live import LiveServer, session_alive, wait_until
 
 
 def test_two_edges_share_one_actor_and_budget(
@@ -56,13 +56,7 @@ def test_restarted_actor_recovers_usage_from_database(
         before = client.get("/usage").json()
         assert before["tokens_used"] == 123
         ray.kill(get_session_actor(user_id, server.settings), no_restart=True)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # wait until the name is free again
-            try:
-                ray.get_actor(actor_name(user_id), namespace=server.settings.ray_namespace)
-                time.sleep(0.05)
-            except ValueError:
-                break
+        assert wait_until(lambda: not session_alive(user_id, server.settings))
         after = client.get("/usage").json()
         assert after["tokens_used"] == 123
         assert after["remaining"] == before["remaining"]

@@ -12,18 +12,10 @@ from contextlib import contextmanager
 
 import ray
 
-from actors.session import actor_name, get_session_actor
+from actors.session import get_session_actor
 from chatdf.settings import Settings
 from tests.fakes.fake_gemini import FakeGemini
-from tests.live import LiveServer, WSHelper, wait_until
-
-
-def actor_alive(user_id: str, settings: Settings) -> bool:
-    try:
-        ray.get_actor(actor_name(user_id), namespace=settings.ray_namespace)
-        return True
-    except ValueError:
-        return False
+from tests.live import LiveServer, WSHelper, session_alive, wait_until
 
 
 @contextmanager
@@ -52,7 +44,7 @@ def test_a_burst_of_sockets_is_accepted_while_no_actor_exists(live: LiveServer) 
     try:
         for _token, user_id, _client in users:
             assert live.manager.count(user_id) == 1
-            assert not actor_alive(user_id, live.settings)
+            assert not session_alive(user_id, live.settings)
     finally:
         for ws in sockets:
             ws.ws.close()
@@ -67,7 +59,7 @@ def test_an_event_published_between_accept_and_subscription_reaches_the_socket(
     the actor's buffer and reaches the socket once the edge subscribes."""
     token, user_id, client = live.login(f"gap-{uuid.uuid4().hex[:8]}@ex.com")
     with live.ws(token) as ws:
-        assert not actor_alive(user_id, live.settings)
+        assert not session_alive(user_id, live.settings)
         with edge_paused(live):
             actor = get_session_actor(user_id, live.settings)
             ray.get(actor.publish.remote({"type": "unknown_type", "n": "gap"}))
@@ -120,16 +112,16 @@ def test_an_idle_actor_exits_with_tabs_open_and_the_next_message_wakes_every_edg
         path = f"/conversations/{conv}/messages"
         with edge_a.ws(token) as a1, edge_a.ws(token) as a2, edge_b.ws(token) as b1:
             tabs = [a1, a2, b1]
-            assert not actor_alive(user_id, quick)
+            assert not session_alive(user_id, quick)
             turn_reaches_every_tab(
                 fake_gemini, lambda: client_b.post(path, json={"content": "1"}), tabs, "via b"
             )
-            assert wait_until(lambda: not actor_alive(user_id, quick))  # idle: gone, tabs open
+            assert wait_until(lambda: not session_alive(user_id, quick))  # idle: gone, tabs open
             assert (edge_a.manager.count(user_id), edge_b.manager.count(user_id)) == (2, 1)
             turn_reaches_every_tab(
                 fake_gemini, lambda: client_a.post(path, json={"content": "2"}), tabs, "via a"
             )
-            assert wait_until(lambda: not actor_alive(user_id, quick))
+            assert wait_until(lambda: not session_alive(user_id, quick))
             turn_reaches_every_tab(
                 fake_gemini, lambda: client_b.post(path, json={"content": "3"}), tabs, "b again"
             )

@@ -19,12 +19,13 @@ import pytest
 import ray
 from websockets.sync.client import connect
 
+from actors.directory import find_session_actor
 from actors.edges import HUB_PREFIX
-from actors.session import actor_name, get_session_actor
+from actors.session import get_session_actor
 from chatdf.settings import Settings
-from tests.live import LiveServer, free_port, wait_until
+from tests.live import LiveServer, free_port, session_alive, wait_until
 from tests.rawws import RawWebSocket
-from tests.websocket.test_lifecycle import actor_alive, edge_paused
+from tests.websocket.test_lifecycle import edge_paused
 
 BIG = "x" * 64 * 1024  # a few hundred of these outgrow every socket buffer on the way
 
@@ -149,7 +150,7 @@ def test_a_killed_edge_is_dropped_and_keeps_no_actor_alive(
         with connect(f"ws://127.0.0.1:{port}/ws?token={body['token']}", open_timeout=30):
             auth = {"Authorization": f"Bearer {body['token']}"}
             assert httpx.get(f"{url}/usage", headers=auth, timeout=30).status_code == 200
-            actor = ray.get_actor(actor_name(user_id), namespace=settings.ray_namespace)
+            actor = find_session_actor(user_id, settings.ray_namespace)
 
             def in_use_and(condition: Callable[[], bool]) -> bool:
                 ray.get(actor.usage.remote())  # a call: the actor stays in use meanwhile
@@ -166,7 +167,7 @@ def test_a_killed_edge_is_dropped_and_keeps_no_actor_alive(
             assert edge not in hubs()
             print(f"edge killed: subscription dropped after {dropped_s:.2f} s")
             assert dropped_s < 10, dropped_s  # the bound documented in docs/architecture.md
-        assert wait_until(lambda: not actor_alive(user_id, settings), limit_s=30)
+        assert wait_until(lambda: not session_alive(user_id, settings), limit_s=30)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -1,0 +1,159 @@
+"""The edge's way to each user's session actor: a warm pool of started, unbound actors, so that a
+user's first call binds one at once instead of waiting for a process to start and import."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from typing import Any
+
+from actors import directory
+from actors.session import start_unbound_actor
+from chatdf.settings import Settings
+
+log = logging.getLogger(__name__)
+
+HANDLE_CACHE_MAX = 10_000  # users whose actor handle an edge remembers between calls
+
+
+class SparePool:
+    """Keeps WARM_SESSION_ACTORS started, unbound session actors ready for this edge's users.
+
+    A spare costs one Ray worker process, started and warmed (imports done, database connected)
+    off the request path; taking one starts its replacement in the background. Spares are
+    detached, so a bound one outlives the edge, and watch the edge's hub, so an unbound one exits
+    when the edge dies (even on kill -9).
+    """
+
+    def __init__(self, settings: Settings, edge: str) -> None:
+        self.settings = settings
+        self.edge = edge
+        self.size = settings.warm_session_actors
+        self._ready: list[tuple[str, Any]] = []
+        self._filling: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._ready)
+
+    def start(self) -> None:
+        self._refill()
+
+    def take(self) -> tuple[str, Any] | None:
+        """A warmed spare (its name and handle), or None when none is ready yet."""
+        spare = self._ready.pop() if self._ready else None
+        self._refill()
+        return spare
+
+    def give_back(self, spare: tuple[str, Any]) -> None:
+        """A spare that lost a race to bind (the user already had an actor) is still unbound."""
+        if self._closed or len(self._ready) >= self.size:
+            _kill(spare[1])
+        else:
+            self._ready.append(spare)
+
+    async def wait_filled(self) -> None:
+        """Returns once every spare being started is ready (or failed)."""
+        while self._filling:
+            await asyncio.gather(*list(self._filling), return_exceptions=True)
+
+    def _refill(self) -> None:
+        if self._closed:
+            return
+        while len(self._ready) + len(self._filling) < self.size:
+            task = asyncio.get_running_loop().create_task(self._add_one())
+            self._filling.add(task)
+            task.add_done_callback(self._filling.discard)
+
+    async def _add_one(self) -> None:
+        try:
+            name, handle = await asyncio.to_thread(start_unbound_actor, self.settings, self.edge)
+            await handle.warm.remote()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("could not start a warm session actor (%s)", type(exc).__name__)
+            return
+        if self._closed:
+            _kill(handle)
+        else:
+            self._ready.append((name, handle))
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in list(self._filling):
+            task.cancel()
+        await asyncio.gather(*list(self._filling), return_exceptions=True)
+        while self._ready:
+            _kill(self._ready.pop()[1])
+
+
+class Sessions:
+    """Finds or binds each user's session actor for this edge (REST routes and the socket side).
+
+    Handles are remembered per user; a call that finds its actor gone forgets it (`forget`) and
+    the next lookup binds a new one.
+    """
+
+    def __init__(self, settings: Settings, pool: SparePool | None = None) -> None:
+        self.settings = settings
+        self.pool = pool
+        self._handles: OrderedDict[str, Any] = OrderedDict()
+
+    async def find(self, user_id: str, *, fresh: bool = False) -> Any:
+        """The user's live actor, or None (this never starts one). `fresh`: ask the directory,
+        not this edge's memory (which may name an actor that has just exited)."""
+        handle = None if fresh else self._handles.get(user_id)
+        if handle is not None:
+            return handle
+        try:
+            handle = await asyncio.to_thread(
+                directory.find_session_actor, user_id, self.settings.ray_namespace
+            )
+        except ValueError:
+            return None
+        self._remember(user_id, handle)
+        return handle
+
+    async def get(self, user_id: str) -> Any:
+        """The user's actor, bound now (a warm spare if one is ready) if none runs."""
+        handle = await self.find(user_id)
+        if handle is not None:
+            return handle
+        spare = self.pool.take() if self.pool is not None else None
+        if spare is None:
+            spare = await asyncio.to_thread(start_unbound_actor, self.settings)
+        name, handle = spare
+        winner: str = await handle.bind.remote(user_id)
+        if winner != name:  # another edge bound one first: use it
+            if self.pool is not None:
+                self.pool.give_back(spare)
+            else:
+                _kill(handle)
+            handle = await asyncio.to_thread(_named_actor, winner, self.settings.ray_namespace)
+        self._remember(user_id, handle)
+        return handle
+
+    def forget(self, user_id: str) -> None:
+        self._handles.pop(user_id, None)
+
+    def _remember(self, user_id: str, handle: Any) -> None:
+        self._handles[user_id] = handle
+        self._handles.move_to_end(user_id)
+        while len(self._handles) > HANDLE_CACHE_MAX:
+            self._handles.popitem(last=False)
+
+
+def _named_actor(name: str, namespace: str) -> Any:
+    import ray
+
+    return ray.get_actor(name, namespace=namespace)
+
+
+def _kill(handle: Any) -> None:
+    import ray
+
+    with contextlib.suppress(Exception):
+        ray.kill(handle, no_restart=True)
