@@ -173,6 +173,7 @@ class SessionActor:
             "loading": self.datasets.running_count() if bound else 0,
             "polars_loaded": "polars" in sys.modules,  # must stay False (see actors/tasks.py)
             "sqlglot_loaded": "sqlglot" in sys.modules,  # also False: SQL is checked in the task
+            "warm_start": bool(self._edge),  # started ahead of demand by an edge's pool
         }
 
     def is_idle(self) -> bool:

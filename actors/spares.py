@@ -33,6 +33,7 @@ class SparePool:
         self.size = settings.warm_session_actors
         self._ready: list[tuple[str, Any]] = []
         self._filling: set[asyncio.Task[None]] = set()
+        self._waiters: list[asyncio.Future[None]] = []  # callers waiting for a spare coming
         self._closed = False
 
     def __len__(self) -> int:
@@ -41,11 +42,31 @@ class SparePool:
     def start(self) -> None:
         self._refill()
 
-    def take(self) -> tuple[str, Any] | None:
-        """A warmed spare (its name and handle), or None when none is ready yet."""
+    async def take(self) -> tuple[str, Any] | None:
+        """A warmed spare (its name and handle), or None when none is ready or coming.
+
+        A caller waits for a spare already being started (it began earlier, so it is ready
+        sooner than a new start, e.g. right after the edge starts) while there are fewer
+        such callers than spares on the way; the others start their own at once.
+        """
+        while not self._ready and len(self._filling) > len(self._waiters):
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
         spare = self._ready.pop() if self._ready else None
         self._refill()
         return spare
+
+    def _wake_one(self) -> None:
+        """A spare became ready, or a start ended (either way): one waiter looks again."""
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def give_back(self, spare: tuple[str, Any]) -> None:
         """A spare that lost a race to bind (the user already had an actor) is still unbound."""
@@ -53,6 +74,7 @@ class SparePool:
             _kill(spare[1])
         else:
             self._ready.append(spare)
+            self._wake_one()
 
     async def wait_filled(self) -> None:
         """Returns once every spare being started is ready (or failed)."""
@@ -65,7 +87,11 @@ class SparePool:
         while len(self._ready) + len(self._filling) < self.size:
             task = asyncio.get_running_loop().create_task(self._add_one())
             self._filling.add(task)
-            task.add_done_callback(self._filling.discard)
+            task.add_done_callback(self._filled)
+
+    def _filled(self, task: asyncio.Task[None]) -> None:
+        self._filling.discard(task)
+        self._wake_one()
 
     async def _add_one(self) -> None:
         try:
@@ -101,6 +127,7 @@ class Sessions:
         self.settings = settings
         self.pool = pool
         self._handles: OrderedDict[str, Any] = OrderedDict()
+        self._binding: dict[str, asyncio.Future[Any]] = {}
 
     async def find(self, user_id: str, *, fresh: bool = False) -> Any:
         """The user's live actor, or None (this never starts one). `fresh`: ask the directory,
@@ -122,7 +149,15 @@ class Sessions:
         handle = await self.find(user_id)
         if handle is not None:
             return handle
-        spare = self.pool.take() if self.pool is not None else None
+        pending = self._binding.get(user_id)
+        if pending is None:  # one bind per user at a time on this edge (a page's first calls)
+            pending = asyncio.ensure_future(self._bind(user_id))
+            self._binding[user_id] = pending
+            pending.add_done_callback(lambda _: self._binding.pop(user_id, None))
+        return await asyncio.shield(pending)
+
+    async def _bind(self, user_id: str) -> Any:
+        spare = await self.pool.take() if self.pool is not None else None
         if spare is None:
             spare = await asyncio.to_thread(start_unbound_actor, self.settings)
         name, handle = spare

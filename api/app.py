@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
 from typing import Any
@@ -25,6 +26,7 @@ from actors.tasks import warm_task_workers
 from api import auth, chat, conversations, datasets, embedded_ray, health, usage
 from api.deps import COOKIE_NAME, NOT_SIGNED_IN, authenticate, token_from
 from api.errors import DATABASE_UNAVAILABLE, error_response, install_error_handlers
+from api.shutdown import AnswerWhenCutOff
 from chatdf.db import Database, Dataset, utcnow
 from chatdf.settings import SAMPLE_PATH, Settings
 from ws.connections import ConnectionManager
@@ -229,9 +231,30 @@ class AuthFirst:
         return any(route.matches(scope)[0] != Match.NONE for route in routes)
 
 
+async def _warm_task_workers(spares: SparePool, count: int) -> None:
+    """Readies task workers once the warm session actors are up: a node starts only a few
+    worker processes at a time, and a first user's call waits on a spare, not on these."""
+    if not count:
+        return
+    await spares.wait_filled()
+    try:
+        await asyncio.gather(*await asyncio.to_thread(warm_task_workers, count))
+    except Exception as exc:  # best effort: a cold worker is slower, not wrong
+        log.warning("could not warm task workers (%s)", type(exc).__name__)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    # Database calls run on the loop's default executor (asyncio.to_thread): one thread per
+    # pooled connection, not asyncio's min(32, CPUs + 4), so a burst of sign-in checks (200
+    # sockets opening at once) is not queued behind six threads on a 2-core machine.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(
+            max(8, settings.database_pool_size + settings.database_max_overflow),
+            thread_name_prefix="db",
+        )
+    )
     db = Database(
         settings.resolved_database_url,
         busy_timeout_s=settings.database_busy_timeout_s,
@@ -253,14 +276,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.connection_manager = manager
     spares = SparePool(settings, manager.hub_name)
     spares.start()
-    if settings.warm_task_workers:
-        await asyncio.to_thread(warm_task_workers, settings.warm_task_workers)  # not awaited
+    warming = asyncio.create_task(_warm_task_workers(spares, settings.warm_task_workers))
     app.state.sessions = Sessions(settings, spares)
     watch = asyncio.create_task(watch_sessions(manager, db, settings.session_check_interval_s))
     try:
         yield
     finally:
         watch.cancel()
+        warming.cancel()
         await spares.close()
         await manager.close_all()
         db.dispose()
@@ -275,6 +298,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(AuthFirst, settings=settings)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(AnswerWhenCutOff)
     # Added last, so outermost: the 401 and 413 answers above carry CORS headers too, and a
     # browser app sees "signed out" rather than a CORS error.
     app.add_middleware(

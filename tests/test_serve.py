@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.live import free_port
+from api.shutdown import SHUTTING_DOWN
+from tests.live import free_port, wait_until
 
 CHATDF = Path(sys.executable).parent / "chatdf"
 
@@ -212,3 +214,96 @@ def test_embedded_ray_refuses_clients_without_its_token(served: Served, tmp_path
     allowed = read_kv(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token_path)
     assert allowed.returncode == 0 and int(allowed.stdout) > 0, allowed.stderr[-2000:]
     assert len(token) == 64 and token not in served.log.read_text()
+
+
+@pytest.mark.slow
+def test_sigterm_does_not_wait_for_a_request_past_the_shutdown_timeout(tmp_path: Path) -> None:
+    """A request still running at SIGTERM (here a query of billions of rows, which its own
+    60 s limit would end) is cut off after SHUTDOWN_TIMEOUT_S, so a service manager's stop
+    never hangs on it (uvicorn alone waits for every request)."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    dropped = ("RAY_ADDRESS", "DATABASE_URL", "RAY_AUTH_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
+    env.update(
+        DATA_DIR=str(tmp_path / "data"),
+        RAY_NUM_CPUS="2",
+        SHUTDOWN_TIMEOUT_S="2",
+        RAY_NAMESPACE="chatdf-serve-test",
+        WARM_SESSION_ACTORS="0",
+        WARM_TASK_WORKERS="0",
+    )
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(CHATDF), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_until(lambda: _answers(f"{url}/health"), limit_s=90), log.read_text()
+        token = httpx.post(f"{url}/auth/dev-login", json={}).json()["token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        conv = httpx.post(f"{url}/conversations", headers=auth).json()["id"]
+        sample = {"url": f"{url}/samples/sales.parquet"}
+        assert (
+            httpx.post(
+                f"{url}/conversations/{conv}/datasets", headers=auth, json=sample, timeout=60
+            ).status_code
+            == 201
+        )
+        assert wait_until(lambda: _dataset_ready(url, auth, conv))
+        slow = (  # 288^5 ≈ 2e12 rows
+            "SELECT sum(a.revenue * b.revenue + c.revenue - d.revenue + e.revenue) AS s"
+            " FROM table1 a, table1 b, table1 c, table1 d, table1 e"
+        )
+        answered: list[int] = []
+
+        def ask() -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                r = httpx.post(
+                    f"{url}/conversations/{conv}/query",
+                    headers=auth,
+                    json={"sql": slow},
+                    timeout=120,
+                )
+                answered.append(r.status_code)
+                if r.status_code == 503:
+                    assert r.json() == {"error": SHUTTING_DOWN, "details": None}
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        assert wait_until(lambda: _query_process_running(proc.pid)), log.read_text()
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=45) in (0, -signal.SIGTERM)
+        assert time.monotonic() - sent < 40  # the query alone would have taken its 60 s
+        asking.join(timeout=30)
+        assert answered == [503]  # cut off, answered in the contract's error body (not 500)
+        assert "Traceback" not in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _dataset_ready(url: str, auth: dict[str, str], conv: str) -> bool:
+    datasets = httpx.get(f"{url}/conversations/{conv}", headers=auth).json()["datasets"]
+    return bool(datasets) and datasets[0]["status"] == "ready"
+
+
+def _query_process_running(root: int) -> bool:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for child in psutil.Process(root).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if child.name() == "chatdf-query":
+                    return True
+    return False

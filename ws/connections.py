@@ -9,6 +9,7 @@ import json
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ from ws.protocol import EXTENSION
 log = logging.getLogger(__name__)
 
 RESUBSCRIBE_DELAY_S = 0.5
+LOOKUP_THREADS = 4  # for finding users' actors; sign-in checks use the loop's default executor
 CLOSE_TOO_SLOW = 4002
 CLOSE_DEADLINE_S = 1.0  # a close frame a stalled peer does not take: the connection is aborted
 
@@ -80,6 +82,7 @@ class ConnectionManager:
         self._connections: dict[str, set[Connection]] = {}
         self._subscriptions: dict[str, Follower] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._lookups = ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="actor-lookup")
 
     # Life of the edge ----------------------------------------------------------------------
 
@@ -100,6 +103,7 @@ class ConnectionManager:
 
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(ray.kill, self._hub)
+        self._lookups.shutdown(wait=False, cancel_futures=True)
 
     # Sockets -------------------------------------------------------------------------------
 
@@ -226,8 +230,14 @@ class ConnectionManager:
 
     async def _tell_actor_unsubscribed(self, user_id: str, sub_id: str) -> None:
         with contextlib.suppress(Exception):  # no actor (or it just exited): nothing to end
-            handle = await asyncio.to_thread(self._running_actor, user_id)
+            handle = await self._lookup(user_id)
             await asyncio.wait_for(handle.unsubscribe.remote(sub_id), timeout=5)
+
+    async def _lookup(self, user_id: str) -> Any:
+        """`_running_actor` on this edge's own lookup threads: a burst of new sockets' lookups
+        (Ray GCS calls) never queues ahead of their sign-in checks on the default executor."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._lookups, self._running_actor, user_id)
 
     def _running_actor(self, user_id: str) -> Any:
         """The user's live actor; ValueError when none runs (this never starts one)."""
@@ -262,7 +272,7 @@ class ConnectionManager:
         while self._subscriptions.get(user_id) is follower:
             follower.wake.clear()  # before looking: a start after this look sets it again
             try:
-                handle = await asyncio.to_thread(self._running_actor, user_id)
+                handle = await self._lookup(user_id)
             except ValueError:
                 await follower.wake.wait()
                 continue

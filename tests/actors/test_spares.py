@@ -65,6 +65,24 @@ def test_a_first_call_binds_a_warm_spare_and_the_pool_refills(
         server.stop()
 
 
+def test_a_call_right_after_start_waits_for_the_spare_on_its_way(
+    ray_session: None, settings: Settings
+) -> None:
+    """Right after an edge starts, its spares are still starting: a first call takes the one on
+    its way (started earlier, so ready sooner) instead of queueing a process start of its own
+    behind it."""
+    warm = settings.model_copy(update={"warm_session_actors": 1})
+    server = LiveServer(warm).start()
+    try:
+        _token, user_id, client = server.login(f"early-{uuid.uuid4().hex[:8]}@example.com")
+        assert client.get("/usage", timeout=60).status_code == 200
+        bound = directory.find_session_actor(user_id, warm.ray_namespace)
+        assert ray.get(bound.check_health.remote())["warm_start"] is True
+        client.close()
+    finally:
+        server.stop()
+
+
 def test_two_actors_racing_for_one_user_agree_on_one(ray_session: None, settings: Settings) -> None:
     """Two spares bound to the same user at once (two edges' first calls): one wins, both
     answer with the winner's name, and the loser stays unbound for someone else."""
