@@ -270,6 +270,7 @@ class StreamingClient(ABC, Generic[RequestT, ChunkT]):
                 raise _CallFailed(ModelStalled(read_timeout), streamed) from exc
             except Exception as exc:
                 raise _CallFailed(exc, streamed) from exc
+            _raise_if_cancelled()
             while True:
                 try:
                     chunk = await asyncio.wait_for(anext(stream), read_timeout)
@@ -281,6 +282,7 @@ class StreamingClient(ABC, Generic[RequestT, ChunkT]):
                 except Exception as exc:
                     await _report(on_usage, collector.usage)
                     raise _CallFailed(exc, streamed) from exc
+                _raise_if_cancelled()
                 for text in collector.add(chunk):
                     streamed = True
                     await on_text(text)
@@ -296,6 +298,14 @@ class StreamingClient(ABC, Generic[RequestT, ChunkT]):
         reply = collector.finish()
         await _report(on_usage, reply.usage)
         return reply
+
+
+def _raise_if_cancelled() -> None:
+    """Re-raises a cancel an SDK swallowed: the openai SDK's transport (httpx2 on anyio) can
+    lose one that arrives while it opens a stream, and the stop or deadline must still win."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def _report(on_usage: OnUsage, usage: Usage | None) -> None:
