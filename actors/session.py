@@ -97,6 +97,8 @@ class SessionActor:
             "running_turns": self.chat.running_count(),
             "loading": self.datasets.running_count(),
             "polars_loaded": "polars" in sys.modules,  # must stay False (see actors/tasks.py)
+            # Only the configured provider's SDK is ever imported (actors/llm.py make_client).
+            "model_sdks_loaded": sorted(m for m in ("google.genai", "openai") if m in sys.modules),
         }
 
     def is_idle(self) -> bool:

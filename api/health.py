@@ -30,7 +30,7 @@ def ray_nodes() -> int:
 
 @router.get("/health")
 async def health(db: DbDep, settings: SettingsDep) -> JSONResponse:
-    """Whether Ray and the database answer, and whether a model key is configured."""
+    """Whether Ray and the database answer, and which model provider and model chat uses."""
     nodes = await asyncio.to_thread(ray_nodes)
     db_ok = await asyncio.to_thread(db.ping)
     ok = nodes > 0 and db_ok
@@ -40,6 +40,10 @@ async def health(db: DbDep, settings: SettingsDep) -> JSONResponse:
         "ray_nodes": nodes,
         "database": db_ok,
         "llm_configured": settings.llm_configured,
+        # Which model chat uses (MODEL_PROVIDER, and MODEL_NAME or GEMINI_MODEL); never a key
+        # or a base URL (this route answers anyone).
+        "model_provider": settings.model_provider,
+        "model": settings.resolved_model_name or None,
     }
     return JSONResponse(body, status_code=200 if ok else 503)
 

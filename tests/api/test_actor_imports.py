@@ -83,3 +83,4 @@ def test_session_actor_never_imports_polars(
     health = ray.get(get_session_actor(user_id, chat_live.settings).check_health.remote())
     assert health["user_id"] == user_id
     assert health["polars_loaded"] is False
+    assert health["model_sdks_loaded"] == ["google.genai"]  # MODEL_PROVIDER=gemini: no openai
