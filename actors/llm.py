@@ -53,6 +53,7 @@ except ImportError:  # pragma: no cover
 OnText = Callable[[str], Awaitable[None]]
 OnUsage = Callable[["Usage"], Awaitable[None]]
 Sleep = Callable[[float], Awaitable[None]]
+T = TypeVar("T")
 RequestT = TypeVar("RequestT")
 ChunkT = TypeVar("ChunkT")
 ChunkT_contra = TypeVar("ChunkT_contra", contravariant=True)
@@ -265,24 +266,17 @@ class StreamingClient(ABC, Generic[RequestT, ChunkT]):
         read_timeout = self.settings.model_read_timeout_s
         try:
             try:
-                stream = await asyncio.wait_for(self.open_stream(request), read_timeout)
-            except TimeoutError as exc:
-                raise _CallFailed(ModelStalled(read_timeout), streamed) from exc
-            except Exception as exc:
+                stream = await _within(self.open_stream(request), read_timeout)
+            except Exception as exc:  # ModelStalled too
                 raise _CallFailed(exc, streamed) from exc
-            _raise_if_cancelled()
             while True:
                 try:
-                    chunk = await asyncio.wait_for(anext(stream), read_timeout)
+                    chunk = await _within(anext(stream), read_timeout)
                 except StopAsyncIteration:
                     break
-                except TimeoutError:
-                    await _report(on_usage, collector.usage)
-                    raise _CallFailed(ModelStalled(read_timeout), streamed) from None
                 except Exception as exc:
                     await _report(on_usage, collector.usage)
                     raise _CallFailed(exc, streamed) from exc
-                _raise_if_cancelled()
                 for text in collector.add(chunk):
                     streamed = True
                     await on_text(text)
@@ -300,12 +294,21 @@ class StreamingClient(ABC, Generic[RequestT, ChunkT]):
         return reply
 
 
-def _raise_if_cancelled() -> None:
-    """Re-raises a cancel an SDK swallowed: the openai SDK's transport (httpx2 on anyio) can
-    lose one that arrives while it opens a stream, and the stop or deadline must still win."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
+async def _within(step: Awaitable[T], seconds: float) -> T:
+    """`step` bounded by `seconds` (ModelStalled past them), awaited in this very task.
+
+    Not asyncio.wait_for: on Python 3.11 it runs the step in another task and loses a cancel
+    that arrives just as the step finishes (a chunk landing as /stop or the turn deadline
+    cancels), and the stream would go on.
+    """
+    timeout = asyncio.timeout(seconds)
+    try:
+        async with timeout:
+            return await step
+    except TimeoutError:
+        if timeout.expired():
+            raise ModelStalled(seconds) from None
+        raise
 
 
 async def _report(on_usage: OnUsage, usage: Usage | None) -> None:
