@@ -7,6 +7,7 @@ actors/openai_model.py), and only the configured one is loaded (`make_client`).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -156,6 +157,15 @@ def not_configured(settings: Settings) -> str | None:
             return NO_MODEL_NAME
         return None
     return None if settings.resolved_model_api_key else NO_MODEL
+
+
+PROVIDER_MODULES = {"gemini": "actors.gemini", "openai": "actors.openai_model"}
+
+
+def import_provider(settings: Settings) -> None:
+    """Imports the configured provider's module and SDK, and no other (a warm session actor
+    can do this before its first turn, which then skips the import)."""
+    importlib.import_module(PROVIDER_MODULES[settings.model_provider])
 
 
 def make_client(settings: Settings) -> ModelClient:
