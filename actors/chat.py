@@ -9,8 +9,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from actors import llm
 from actors.budget import TokenBudget
 from actors.datasets import DatasetLoader
+from actors.llm import ModelClient, make_client, not_configured
 from actors.turn import Turn
 from chatdf import events
 from chatdf.db import Database, Message, new_id, utcnow
@@ -37,7 +39,8 @@ from chatdf.store import (
 log = logging.getLogger(__name__)
 
 Publish = Callable[[dict[str, Any]], Awaitable[None]]
-NO_MODEL = "The model is not configured: set GEMINI_API_KEY to chat (datasets and SQL still work)"
+CHAT_STILL_WORKS = " to chat (datasets and SQL still work)"  # after the sentence of not_configured
+NO_MODEL = llm.NO_MODEL + CHAT_STILL_WORKS  # the gemini provider's
 UNEXPECTED = "Something went wrong while generating the answer"
 TURN_TIMED_OUT = "The answer took longer than {seconds} seconds and was stopped"
 NOT_SAVED = "The answer could not be saved; try again in a moment"
@@ -74,7 +77,7 @@ class ChatRunner:
         self.budget = budget
         self.datasets = datasets
         self._turns: dict[str, RunningTurn] = {}
-        self._llm: Any = None
+        self._llm: ModelClient | None = None
 
     def running_count(self) -> int:
         return len(self._turns)
@@ -105,11 +108,13 @@ class ChatRunner:
                 f"{self.budget.used()} tokens used, {reserved} held for running answers, "
                 f"limit {self.budget.limit}",
             )
-        if not self.settings.llm_configured:
+        missing = not_configured(self.settings)
+        if missing:
+            sentence = missing + CHAT_STILL_WORKS
             await self.publish(
-                events.ChatError(conversation_id=conversation_id, error=NO_MODEL).wire()
+                events.ChatError(conversation_id=conversation_id, error=sentence).wire()
             )
-            raise Unavailable(NO_MODEL)
+            raise Unavailable(sentence)
         turn = RunningTurn(message_id=new_id())
         self._turns[conversation_id] = turn  # claimed before any await: no double turn
         try:
@@ -205,11 +210,11 @@ class ChatRunner:
             record_usage=lambda i, o: self._record_usage(conversation_id, i, o),
         )
 
-    def llm(self) -> Any:
+    def llm(self) -> ModelClient:
+        """The configured provider's client: built at the first turn, reused by every later one
+        (its SDK, HTTP connections and parsed types stay warm across turns)."""
         if self._llm is None:
-            from actors.llm import GeminiClient
-
-            self._llm = GeminiClient(self.settings)
+            self._llm = make_client(self.settings)
         return self._llm
 
     async def _run(self, conversation_id: str, turn: RunningTurn, text: str) -> None:

@@ -1,53 +1,67 @@
-"""The Gemini client: one streamed model call with tools, its retries, usage and error kinds."""
+"""What every model provider shares: one streamed call with tools, its retries, usage, errors.
+
+The provider SDKs are imported only by their own modules (actors/gemini.py,
+actors/openai_model.py), and only the configured one is loaded (`make_client`).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import re
-from collections.abc import Awaitable, Callable
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import httpx
-from google import genai
-from google.genai import errors as genai_errors
-from google.genai import types
 
+from actors.conversation import Entry, ModelTurn, ToolCall
 from chatdf.errors import ChatdfError, Unavailable, UpstreamFailed
 from chatdf.settings import Settings
 
 NO_MODEL = "The model is not configured: set GEMINI_API_KEY"
+NO_OPENAI_MODEL = (
+    "The model is not configured: set MODEL_BASE_URL (an OpenAI-compatible server) or MODEL_API_KEY"
+)
+NO_MODEL_NAME = "The model is not configured: set MODEL_NAME"
 CONTEXT_TOO_LARGE = "Conversation context too large. Try starting a new conversation."
 MODEL_BUSY = "The model is busy right now. Try again in a moment."
 MODEL_FAILED = "The model could not answer. Try again in a moment."
 MODEL_REFUSED = "The model refused the request."
 MODEL_STALLED = "The model stopped answering (nothing for {seconds} seconds). Try again."
 
-_TOO_LONG = re.compile(
+# How providers and servers word "the prompt is over the model's context window": Gemini,
+# OpenAI and vLLM ("maximum context length"), llama.cpp ("exceeds the available context size").
+TOO_LONG = re.compile(
     r"input token count.*exceed|exceeds the maximum number of tokens|too many tokens"
-    r"|context (window|length)|prompt is too long",
+    r"|context (window|length|size)|context_length_exceeded|prompt is too long",
     re.IGNORECASE | re.DOTALL,
 )
 _TRANSIENT_CODES = frozenset({408, 429})
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     httpx.TransportError,
     ConnectionError,
     TimeoutError,
 )
-try:  # the SDK streams through aiohttp when it is installed (ray[default] brings it)
+try:  # google-genai streams through aiohttp when it is installed (ray[default] brings it)
     import aiohttp
 
-    _CONNECTION_ERRORS += (aiohttp.ClientError,)
+    CONNECTION_ERRORS += (aiohttp.ClientError,)
 except ImportError:  # pragma: no cover
     pass
 
 OnText = Callable[[str], Awaitable[None]]
 OnUsage = Callable[["Usage"], Awaitable[None]]
 Sleep = Callable[[float], Awaitable[None]]
+T = TypeVar("T")
+RequestT = TypeVar("RequestT")
+ChunkT = TypeVar("ChunkT")
+ChunkT_contra = TypeVar("ChunkT_contra", contravariant=True)
 
 
 class ContextTooLong(ChatdfError):
-    """Gemini refused the prompt because it is over the model's input token limit."""
+    """The model refused the prompt because it is over the model's input token limit."""
 
     status = 400
 
@@ -59,9 +73,17 @@ class ModelFailed(UpstreamFailed):
     """The model call failed for good (retries exhausted, or an error not worth retrying)."""
 
 
+class ModelStalled(TimeoutError):
+    """No chunk (or no answer at all) from the model within MODEL_READ_TIMEOUT_S."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no data from the model for {seconds:g} seconds")
+        self.seconds = seconds
+
+
 @dataclass(frozen=True)
 class Usage:
-    """Tokens of one model call; thinking tokens count as output (Gemini bills them so)."""
+    """Tokens of one model call; thinking tokens count as output (providers bill them so)."""
 
     input_tokens: int = 0
     output_tokens: int = 0
@@ -73,21 +95,21 @@ class Usage:
 
 @dataclass
 class ModelReply:
-    """What one model call produced: streamed text, function calls, and the turn to replay."""
+    """What one model call produced: streamed text, tool calls, and the turn to replay."""
 
     text: str = ""
-    calls: list[types.Part] = field(default_factory=list)  # parts holding a function_call
-    content: types.Content = field(default_factory=lambda: types.Content(role="model", parts=[]))
+    calls: list[ToolCall] = field(default_factory=list)
+    turn: ModelTurn = field(default_factory=ModelTurn)
     usage: Usage = field(default_factory=Usage)
 
 
 class ModelClient(Protocol):
-    """What the turn needs from a model; GeminiClient is the real one."""
+    """What the turn needs from a model; GeminiClient and OpenAIClient are the real ones."""
 
     async def generate(
         self,
         system: str,
-        contents: list[types.Content],
+        contents: Sequence[Entry],
         *,
         tools_enabled: bool,
         on_text: OnText,
@@ -95,85 +117,81 @@ class ModelClient(Protocol):
     ) -> ModelReply: ...
 
 
-def tool_declarations() -> list[types.Tool]:
-    """The two functions the model may call; our code runs them (no automatic calling)."""
-    string = types.Type.STRING
-    return [
-        types.Tool(
-            function_declarations=[
-                types.FunctionDeclaration(
-                    name="execute_sql",
-                    description=(
-                        "Run one read-only Polars SQL SELECT over the conversation's tables "
-                        "and get back the columns, the first rows and the total row count."
-                    ),
-                    parameters=types.Schema(
-                        type=types.Type.OBJECT,
-                        properties={
-                            "query": types.Schema(type=string, description="One SQL SELECT.")
-                        },
-                        required=["query"],
-                    ),
-                ),
-                types.FunctionDeclaration(
-                    name="load_dataset",
-                    description=(
-                        "Load a dataset (CSV, Parquet, JSON...) from an http(s) URL into the "
-                        "conversation as a new table; returns its table name and columns."
-                    ),
-                    parameters=types.Schema(
-                        type=types.Type.OBJECT,
-                        properties={"url": types.Schema(type=string, description="http(s) URL.")},
-                        required=["url"],
-                    ),
-                ),
-            ]
-        )
-    ]
+@dataclass(frozen=True)
+class Failure:
+    """A provider SDK's failure in neutral terms, so every provider retries and words alike."""
+
+    status: int | None = None  # the HTTP status the API answered; None: no answer
+    connection: bool = False  # no (complete) answer: refused, reset, dropped, timed out
+    too_long: bool = False  # over the model's context window
 
 
-def usage_of(metadata: types.GenerateContentResponseUsageMetadata | None) -> Usage | None:
-    if metadata is None:
-        return None
-    output = (metadata.candidates_token_count or 0) + (metadata.thoughts_token_count or 0)
-    return Usage(input_tokens=metadata.prompt_token_count or 0, output_tokens=output)
-
-
-def is_too_long(exc: BaseException) -> bool:
-    return (
-        isinstance(exc, genai_errors.APIError)
-        and exc.code == 400
-        and bool(_TOO_LONG.search(f"{exc.message or ''} {exc.details}"))
-    )
-
-
-def is_transient(exc: BaseException) -> bool:
+def is_transient(failure: Failure) -> bool:
     """429, 408 and 5xx answers and broken connections are worth another try."""
-    if isinstance(exc, genai_errors.APIError):
-        return exc.code in _TRANSIENT_CODES or 500 <= (exc.code or 0) < 600
-    return isinstance(exc, _CONNECTION_ERRORS)
+    if failure.connection:
+        return True
+    status = failure.status or 0
+    return status in _TRANSIENT_CODES or 500 <= status < 600
 
 
-class ModelStalled(TimeoutError):
-    """No chunk (or no answer at all) from the model within MODEL_READ_TIMEOUT_S."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(f"no data from the model for {seconds:g} seconds")
-        self.seconds = seconds
-
-
-def model_error(exc: BaseException) -> ChatdfError:
+def model_error(exc: BaseException, failure: Failure) -> ChatdfError:
     """The sentence a person sees for a model failure; the SDK's text goes in details."""
     details = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, ModelStalled):
         return ModelFailed(MODEL_STALLED.format(seconds=f"{exc.seconds:g}"), str(exc))
-    if is_too_long(exc):
+    if failure.too_long:
         return ContextTooLong(details=details)
-    if isinstance(exc, genai_errors.APIError) and exc.code == 429:
+    if failure.status == 429:
         return ModelFailed(MODEL_BUSY, details)
-    if isinstance(exc, genai_errors.APIError) and exc.code is not None and 400 <= exc.code < 500:
+    if failure.status is not None and 400 <= failure.status < 500:
         return ModelFailed(MODEL_REFUSED, details)
     return ModelFailed(MODEL_FAILED, details)
+
+
+def not_configured(settings: Settings) -> str | None:
+    """The sentence naming the settings chat still needs; None when a model is configured."""
+    if settings.model_provider == "openai":
+        if not (settings.model_api_key.get_secret_value() or settings.model_base_url):
+            return NO_OPENAI_MODEL
+        if not settings.model_name:
+            return NO_MODEL_NAME
+        return None
+    return None if settings.resolved_model_api_key else NO_MODEL
+
+
+PROVIDER_MODULES = {"gemini": "actors.gemini", "openai": "actors.openai_model"}
+
+
+def import_provider(settings: Settings) -> None:
+    """Imports the configured provider's module and SDK, and no other (a warm session actor
+    can do this before its first turn, which then skips the import)."""
+    importlib.import_module(PROVIDER_MODULES[settings.model_provider])
+
+
+def make_client(settings: Settings) -> ModelClient:
+    """The client of MODEL_PROVIDER; only that provider's SDK is imported."""
+    if settings.model_provider == "openai":
+        from actors.openai_model import OpenAIClient
+
+        return OpenAIClient(settings)
+    from actors.gemini import GeminiClient
+
+    return GeminiClient(settings)
+
+
+class Collector(Protocol[ChunkT_contra]):
+    """Folds one provider's streamed chunks into a ModelReply."""
+
+    @property
+    def usage(self) -> Usage | None:
+        """The latest usage the stream reported (None: none yet)."""
+        ...
+
+    def add(self, chunk: ChunkT_contra) -> list[str]:
+        """Takes one chunk; returns the text pieces to stream, in order."""
+        ...
+
+    def finish(self) -> ModelReply: ...
 
 
 class _CallFailed(Exception):
@@ -185,74 +203,45 @@ class _CallFailed(Exception):
         self.streamed = streamed
 
 
-class _Collector:
-    """Folds streamed chunks into a ModelReply, keeping parts replayable (thought signatures)."""
+class StreamingClient(ABC, Generic[RequestT, ChunkT]):
+    """Streams one model call at a time; retries transient failures before any text streamed.
 
-    def __init__(self) -> None:
-        self.reply = ModelReply()
-        self.text_signature: bytes | None = None
-        self.usage: Usage | None = None
+    A provider says how to build its request, open its stream, fold its chunks and read its
+    SDK's errors; the retries, timeouts and usage reports are the same for all.
+    """
 
-    def add(self, chunk: types.GenerateContentResponse) -> list[str]:
-        self.usage = usage_of(chunk.usage_metadata) or self.usage
-        texts: list[str] = []
-        candidate = chunk.candidates[0] if chunk.candidates else None
-        parts = candidate.content.parts if candidate and candidate.content else None
-        for part in parts or []:
-            if part.function_call is not None:
-                self.reply.calls.append(part)
-            elif part.text and not part.thought:
-                if part.thought_signature and self.text_signature is None:
-                    self.text_signature = part.thought_signature
-                texts.append(part.text)
-                self.reply.text += part.text
-        return texts
-
-    def finish(self) -> ModelReply:
-        parts: list[types.Part] = []
-        if self.reply.text:
-            parts.append(types.Part(text=self.reply.text, thought_signature=self.text_signature))
-        self.reply.content = types.Content(role="model", parts=parts + self.reply.calls)
-        self.reply.usage = self.usage or Usage()
-        return self.reply
-
-
-class GeminiClient:
-    """Streams one model call at a time; retries transient failures before any text streamed."""
+    provider: str = ""
 
     def __init__(self, settings: Settings, *, sleep: Sleep = asyncio.sleep) -> None:
-        if not settings.llm_configured:
-            raise Unavailable(NO_MODEL)
+        missing = not_configured(settings)
+        if missing:
+            raise Unavailable(missing)
         self.settings = settings
-        self.model = settings.gemini_model
+        self.model = settings.resolved_model_name
         self._sleep = sleep
-        # The SDK's own retries stay off (attempts=1) so only this class decides, and so its
-        # implicit 1-10 s reconnect pause never runs.
-        options = types.HttpOptions(
-            base_url=settings.gemini_base_url or None,
-            retry_options=types.HttpRetryOptions(attempts=1),
-        )
-        self._client = genai.Client(
-            api_key=settings.gemini_api_key.get_secret_value(), vertexai=False, http_options=options
-        )
 
-    def config(self, system: str, tools_enabled: bool) -> types.GenerateContentConfig:
-        modes = types.FunctionCallingConfigMode
-        mode = modes.AUTO if tools_enabled else modes.NONE
-        # Tools stay declared even when disabled: the contents may hold earlier function calls.
-        return types.GenerateContentConfig(
-            system_instruction=system,
-            tools=list(tool_declarations()),
-            tool_config=types.ToolConfig(
-                function_calling_config=types.FunctionCallingConfig(mode=mode)
-            ),
-            automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
-        )
+    @abstractmethod
+    def request(self, system: str, contents: Sequence[Entry], tools_enabled: bool) -> RequestT:
+        """The provider's request for one call (built once, sent again on a retry)."""
+
+    @abstractmethod
+    async def open_stream(self, request: RequestT) -> AsyncIterator[ChunkT]:
+        """Sends the request; returns once the answer starts."""
+
+    @abstractmethod
+    def collector(self) -> Collector[ChunkT]: ...
+
+    @abstractmethod
+    def failure(self, exc: BaseException) -> Failure:
+        """What an exception of this provider's SDK means."""
+
+    async def close_stream(self, stream: AsyncIterator[ChunkT]) -> None:
+        """Frees a stream left unfinished (a failure or a cancel); nothing by default."""
 
     async def generate(
         self,
         system: str,
-        contents: list[types.Content],
+        contents: Sequence[Entry],
         *,
         tools_enabled: bool,
         on_text: OnText,
@@ -263,50 +252,38 @@ class GeminiClient:
         Raises ContextTooLong, or ModelFailed once retries are spent or when text already
         streamed (a retry would repeat it).
         """
-        config = self.config(system, tools_enabled)
+        request = self.request(system, contents, tools_enabled)
         attempt = 0
         while True:
             try:
-                return await self._attempt(config, contents, on_text, on_usage)
+                return await self._attempt(request, on_text, on_usage)
             except _CallFailed as failed:
                 exc = failed.cause
-                if is_too_long(exc):
+                failure = self.failure(exc)
+                if failure.too_long:
                     raise ContextTooLong(details=f"{type(exc).__name__}: {exc}") from exc
-                retry = not failed.streamed and is_transient(exc)
+                retry = not failed.streamed and is_transient(failure)
                 if not retry or attempt >= self.settings.llm_max_retries:
-                    raise model_error(exc) from exc
+                    raise model_error(exc, failure) from exc
             await self._sleep(self.settings.llm_backoff_s * 2**attempt)
             attempt += 1
 
-    async def _attempt(
-        self,
-        config: types.GenerateContentConfig,
-        contents: list[types.Content],
-        on_text: OnText,
-        on_usage: OnUsage,
-    ) -> ModelReply:
+    async def _attempt(self, request: RequestT, on_text: OnText, on_usage: OnUsage) -> ModelReply:
         """One HTTP call. Only the SDK's failures become _CallFailed; callback errors propagate."""
-        collector = _Collector()
+        collector = self.collector()
         streamed = False
+        stream: AsyncIterator[ChunkT] | None = None
+        read_timeout = self.settings.model_read_timeout_s
         try:
-            read_timeout = self.settings.model_read_timeout_s
             try:
-                stream = await asyncio.wait_for(
-                    self._client.aio.models.generate_content_stream(
-                        model=self.model, contents=list(contents), config=config
-                    ),
-                    read_timeout,
-                )
-            except TimeoutError as exc:
-                raise _CallFailed(ModelStalled(read_timeout), streamed) from exc
+                stream = await _within(self.open_stream(request), read_timeout)
+            except Exception as exc:  # ModelStalled too
+                raise _CallFailed(exc, streamed) from exc
             while True:
                 try:
-                    chunk = await asyncio.wait_for(anext(stream), read_timeout)
+                    chunk = await _within(anext(stream), read_timeout)
                 except StopAsyncIteration:
                     break
-                except TimeoutError:
-                    await _report(on_usage, collector.usage)
-                    raise _CallFailed(ModelStalled(read_timeout), streamed) from None
                 except Exception as exc:
                     await _report(on_usage, collector.usage)
                     raise _CallFailed(exc, streamed) from exc
@@ -315,16 +292,36 @@ class GeminiClient:
                     await on_text(text)
         except asyncio.CancelledError:
             await asyncio.shield(_report(on_usage, collector.usage))
+            if stream is not None:
+                await asyncio.shield(self.close_stream(stream))
+            raise
+        except BaseException:
+            if stream is not None:
+                await self.close_stream(stream)
             raise
         reply = collector.finish()
         await _report(on_usage, reply.usage)
         return reply
 
-    async def aclose(self) -> None:
-        await self._client.aio.aclose()
+
+async def _within(step: Awaitable[T], seconds: float) -> T:
+    """`step` bounded by `seconds` (ModelStalled past them), awaited in this very task.
+
+    Not asyncio.wait_for: on Python 3.11 it runs the step in another task and loses a cancel
+    that arrives just as the step finishes (a chunk landing as /stop or the turn deadline
+    cancels), and the stream would go on.
+    """
+    timeout = asyncio.timeout(seconds)
+    try:
+        async with timeout:
+            return await step
+    except TimeoutError:
+        if timeout.expired():
+            raise ModelStalled(seconds) from None
+        raise
 
 
 async def _report(on_usage: OnUsage, usage: Usage | None) -> None:
-    # A refused call (no usage metadata) costs nothing, so nothing is recorded for it.
+    # A refused call (no usage reported) costs nothing, so nothing is recorded for it.
     if usage is not None and usage.total > 0:
         await on_usage(usage)

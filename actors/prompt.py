@@ -8,7 +8,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from google.genai import types
+from actors.conversation import Entry, ModelTurn, ToolCall, ToolResult, ToolResults, UserText
 
 TOO_LONG_DROP = 10  # messages dropped before the one retry of a too-long prompt
 RESULT_MAX_ROWS = 50
@@ -149,33 +149,23 @@ def _from_user(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return history[start:]
 
 
-def render_history(history: Sequence[dict[str, Any]]) -> list[types.Content]:
-    """Messages as model contents; an assistant's tool rounds replay as call/response pairs."""
-    contents: list[types.Content] = []
+def render_history(history: Sequence[dict[str, Any]]) -> list[Entry]:
+    """Messages as the model's conversation; an assistant's tool rounds replay as calls and
+    their results (each provider renders these in its own format)."""
+    entries: list[Entry] = []
     for message in history:
         text = message.get("content") or ""
         if message.get("role") == "user":
             if text:
-                _append(contents, "user", types.Part(text=text))
+                entries.append(UserText(text))
             continue
         for round_ in message.get("tool_rounds") or []:
-            _append(contents, "model", call_part(round_))
-            _append(contents, "user", response_part(round_["name"], round_.get("result") or {}))
+            call = stored_call(round_)
+            entries.append(ModelTurn(calls=(call,)))
+            entries.append(ToolResults((ToolResult(call, round_.get("result") or {}),)))
         if text:
-            _append(contents, "model", types.Part(text=text))
-    return contents
-
-
-def _append(contents: list[types.Content], role: str, part: types.Part) -> None:
-    # Gemini wants roles to alternate; neighbours of one role merge into one content.
-    if contents and contents[-1].role == role and contents[-1].parts is not None:
-        contents[-1].parts.append(part)
-    else:
-        contents.append(types.Content(role=role, parts=[part]))
-
-
-def user_content(text: str) -> types.Content:
-    return types.Content(role="user", parts=[types.Part(text=text)])
+            entries.append(ModelTurn(text=text))
+    return entries
 
 
 # Tool rounds ---------------------------------------------------------------------------------
@@ -184,24 +174,21 @@ def user_content(text: str) -> types.Content:
 def tool_round(
     name: str, args: dict[str, Any], result: dict[str, Any], signature: bytes | None = None
 ) -> dict[str, Any]:
-    """One stored tool round `{name, args, result}`; `signature` (base64) when Gemini sent one."""
+    """One stored tool round `{name, args, result}`; `signature` (base64) when the model sent
+    one (Gemini's thought signature)."""
     round_: dict[str, Any] = {"name": name, "args": args, "result": result}
     if signature:
         round_["signature"] = base64.b64encode(signature).decode()
     return round_
 
 
-def call_part(round_: dict[str, Any]) -> types.Part:
+def stored_call(round_: dict[str, Any]) -> ToolCall:
+    """The call of a stored tool round, its signature decoded."""
     signature = round_.get("signature")
-    return types.Part(
-        function_call=types.FunctionCall(name=round_["name"], args=round_.get("args") or {}),
-        thought_signature=base64.b64decode(signature) if signature else None,
-    )
-
-
-def response_part(name: str, result: dict[str, Any], call_id: str | None = None) -> types.Part:
-    return types.Part(
-        function_response=types.FunctionResponse(name=name, response=result, id=call_id)
+    return ToolCall(
+        name=round_["name"],
+        args=round_.get("args") or {},
+        signature=base64.b64decode(signature) if signature else None,
     )
 
 

@@ -17,6 +17,7 @@ from actors.chat import ChatRunner
 from actors.datasets import DatasetLoader
 from actors.edges import notify_edges, watch_edge
 from actors.fanout import Event, Fanout, Stamped
+from actors.llm import import_provider
 from chatdf.db import Database
 from chatdf.settings import Settings
 
@@ -84,6 +85,7 @@ class SessionActor:
         """Makes a started, unbound actor ready to bind at once: database connected, and gone
         with the edge that started it if that edge dies before handing it to a user."""
         await asyncio.to_thread(self.db.ping)
+        await asyncio.to_thread(import_provider, self.settings)  # a first turn skips it
         if self._edge and self.user_id is None:
             self._spawn(self._exit_unbound_with_edge(self._edge))
         return True
@@ -174,6 +176,8 @@ class SessionActor:
             "polars_loaded": "polars" in sys.modules,  # must stay False (see actors/tasks.py)
             "sqlglot_loaded": "sqlglot" in sys.modules,  # also False: SQL is checked in the task
             "warm_start": bool(self._edge),  # started ahead of demand by an edge's pool
+            # Only the configured provider's SDK is ever imported (actors/llm.py make_client).
+            "model_sdks_loaded": sorted(m for m in ("google.genai", "openai") if m in sys.modules),
         }
 
     def is_idle(self) -> bool:

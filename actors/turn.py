@@ -8,19 +8,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypedDict
 from urllib.parse import urlsplit, urlunsplit
 
-from google.genai import types
-
-from actors.llm import NO_MODEL, ContextTooLong, ModelClient, ModelReply, Usage
+from actors.conversation import Entry, ToolCall, ToolResult, ToolResults, UserText
+from actors.llm import ContextTooLong, ModelClient, ModelReply, Usage, not_configured
 from actors.prompt import (
     build_system_prompt,
     dataset_for_model,
     drop_oldest,
     render_history,
-    response_part,
     result_for_model,
     select_history,
     tool_round,
-    user_content,
 )
 from chatdf import events
 from chatdf.errors import ChatdfError, Unavailable
@@ -103,7 +100,7 @@ class Turn:
         self.token_count = 0
         self.tool_rounds: list[dict[str, Any]] = []
         self.model_calls = 0
-        self._turn_contents: list[types.Content] = []
+        self._turn_contents: list[Entry] = []
         self._tool_calls = 0
         self._sql_errors = 0
         self._tools_enabled = True
@@ -121,9 +118,10 @@ class Turn:
 
     async def run(self) -> TurnResult:
         """Loops model call → tools → model call until the model answers without tools."""
-        if not self.settings.llm_configured:
-            raise Unavailable(NO_MODEL)
-        self._turn_contents = [user_content(self.user_text)]
+        missing = not_configured(self.settings)
+        if missing:
+            raise Unavailable(missing)
+        self._turn_contents = [UserText(self.user_text)]
         await self._phase("generating")
         while True:
             reply = await self._call_model()
@@ -191,30 +189,19 @@ class Turn:
     # Tools ---------------------------------------------------------------------------------
 
     async def _run_tools(self, reply: ModelReply) -> None:
-        self._turn_contents.append(reply.content)
-        results: list[tuple[types.Part, dict[str, Any]]] = []
-        for part in reply.calls:
-            results.append((part, await self._run_tool(part)))
+        self._turn_contents.append(reply.turn)
+        results: list[ToolResult] = []
+        for call in reply.calls:
+            results.append(ToolResult(call, await self._run_tool(call)))
         note = self._stop_note()
         if note:
             self._tools_enabled = False
-            results[-1][1]["instruction"] = note
-        self._turn_contents.append(
-            types.Content(
-                role="user",
-                parts=[
-                    response_part(p.function_call.name or "", r, p.function_call.id)
-                    for p, r in results
-                    if p.function_call is not None
-                ],
-            )
-        )
+            results[-1].result["instruction"] = note
+        self._turn_contents.append(ToolResults(tuple(results)))
 
-    async def _run_tool(self, part: types.Part) -> dict[str, Any]:
-        call = part.function_call
-        assert call is not None
-        name = call.name or ""
-        args = dict(call.args or {})
+    async def _run_tool(self, call: ToolCall) -> dict[str, Any]:
+        name = call.name
+        args = dict(call.args)
         if self._tool_calls >= self.settings.max_tool_calls:
             result: dict[str, Any] = {"error": SKIPPED_CALL}
         else:
@@ -222,7 +209,7 @@ class Turn:
             await self._phase("executing")
             result = await self._dispatch(name, args)
             await self._phase("formatting")
-        self.tool_rounds.append(tool_round(name, args, result, part.thought_signature))
+        self.tool_rounds.append(tool_round(name, args, result, call.signature))
         return result
 
     async def _dispatch(self, name: str, args: dict[str, Any]) -> dict[str, Any]:

@@ -30,8 +30,8 @@ def ray_nodes() -> int:
 
 @router.get("/health")
 async def health(request: Request, db: DbDep, settings: SettingsDep) -> JSONResponse:
-    """Whether Ray and the database answer, whether a model key is configured, and how many
-    warm session actors this edge holds ready."""
+    """Whether Ray and the database answer, which model provider and model chat uses, and how
+    many warm session actors this edge holds ready."""
     nodes = await asyncio.to_thread(ray_nodes)
     db_ok = await asyncio.to_thread(db.ping)
     ok = nodes > 0 and db_ok
@@ -42,6 +42,10 @@ async def health(request: Request, db: DbDep, settings: SettingsDep) -> JSONResp
         "database": db_ok,
         "llm_configured": settings.llm_configured,
         "warm_session_actors": len(request.app.state.sessions.pool or ()),
+        # Which model chat uses (MODEL_PROVIDER, and MODEL_NAME or GEMINI_MODEL); never a key
+        # or a base URL (this route answers anyone).
+        "model_provider": settings.model_provider,
+        "model": settings.resolved_model_name or None,
     }
     return JSONResponse(body, status_code=200 if ok else 503)
 

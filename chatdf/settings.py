@@ -79,6 +79,13 @@ class Settings(BaseSettings):
     gemini_api_key: SecretStr = SecretStr("")
     gemini_model: str = "gemini-2.5-flash"
     gemini_base_url: str = ""
+    # The provider and its provider-neutral settings (docs/chat.md "Model providers"): with
+    # gemini, MODEL_API_KEY / MODEL_NAME / MODEL_BASE_URL override the GEMINI_* ones when set;
+    # with openai (any OpenAI-compatible server) only the MODEL_* ones are read.
+    model_provider: Literal["gemini", "openai"] = "gemini"
+    model_api_key: SecretStr = SecretStr("")
+    model_name: str = ""
+    model_base_url: str = ""
     llm_max_retries: int = 3
     llm_backoff_s: float = 1.0
     model_read_timeout_s: float = 60.0  # no chunk of a model's stream for this long: it failed
@@ -209,6 +216,7 @@ class Settings(BaseSettings):
         return self.model_copy(
             update={
                 "gemini_api_key": SecretStr(""),
+                "model_api_key": SecretStr(""),
                 "google_client_secret": SecretStr(""),
                 "database_url": "",
             }
@@ -216,7 +224,33 @@ class Settings(BaseSettings):
 
     @property
     def llm_configured(self) -> bool:
-        return bool(self.gemini_api_key.get_secret_value())
+        """Whether chat can run: openai needs a key or a base URL, and a model name."""
+        if self.model_provider == "openai":
+            reachable = self.model_api_key.get_secret_value() or self.model_base_url
+            return bool(reachable and self.model_name)
+        return bool(self.resolved_model_api_key)
+
+    @property
+    def resolved_model_api_key(self) -> str:
+        """The key the configured provider is called with ("" when none)."""
+        key = self.model_api_key.get_secret_value()
+        if self.model_provider == "openai":
+            return key
+        return key or self.gemini_api_key.get_secret_value()
+
+    @property
+    def resolved_model_name(self) -> str:
+        """The model the configured provider is asked for ("" when openai names none)."""
+        if self.model_provider == "openai":
+            return self.model_name
+        return self.model_name or self.gemini_model
+
+    @property
+    def resolved_model_base_url(self) -> str:
+        """Where the provider is reached; "" means its SDK's default (Google's, OpenAI's)."""
+        if self.model_provider == "openai":
+            return self.model_base_url
+        return self.model_base_url or self.gemini_base_url
 
 
 def is_loopback_host(host: str) -> bool:

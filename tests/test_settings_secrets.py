@@ -11,6 +11,7 @@ from chatdf.settings import Settings
 
 SECRETS = {
     "gemini_api_key": "AIza-model-key",
+    "model_api_key": "sk-provider-key",
     "google_client_secret": "oauth-client-secret",
     "database_url": "postgresql+psycopg://chatdf:db-password@db.internal/chatdf",
 }
@@ -20,13 +21,14 @@ def test_secrets_do_not_show_in_the_settings_repr() -> None:
     settings = Settings(**SECRETS)
     assert "AIza-model-key" not in repr(settings)
     assert "oauth-client-secret" not in repr(settings)
+    assert "sk-provider-key" not in repr(settings)
     assert settings.gemini_api_key.get_secret_value() == "AIza-model-key"
 
 
 def test_tasks_get_settings_without_any_secret() -> None:
     task_settings = Settings(**SECRETS).for_tasks()
     pickled = pickle.dumps(task_settings)
-    for value in (b"AIza-model-key", b"oauth-client-secret", b"db-password"):
+    for value in (b"AIza-model-key", b"sk-provider-key", b"oauth-client-secret", b"db-password"):
         assert value not in pickled
     assert not task_settings.llm_configured
     assert task_settings.query_timeout_s == Settings().query_timeout_s  # the limits stay

@@ -199,3 +199,23 @@ async def test_running_turns_hold_budget_so_a_user_near_the_limit_cannot_fan_out
     finally:
         held.release()
         await chat.stop(conv)
+
+
+async def test_one_model_client_serves_every_turn_of_the_actor(settings: Settings) -> None:
+    """Issue 9: the SDK client is built at the first turn and kept warm for the next ones."""
+    from actors.openai_model import OpenAIClient
+    from tests.fakes.fake_openai import FakeOpenAI
+
+    with FakeOpenAI() as fake:
+        local = settings.model_copy(
+            update={"model_provider": "openai", "model_base_url": fake.base_url, "model_name": "m"}
+        )
+        chat, published, conv = runner_for(local)
+        fake.script_text("first", chunks=1)
+        fake.script_text("second", chunks=1)
+        await run_turn(chat, conv, "one")
+        client = chat.llm()
+        await run_turn(chat, conv, "two")
+        assert chat.llm() is client and isinstance(client, OpenAIClient)
+        done = [e["message"]["content"] for e in terminal(published)]
+        assert done == ["first", "second"] and len(fake.requests) == 2

@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 from pydantic import SecretStr
 
+from actors.conversation import UserText
+from actors.gemini import GeminiClient
 from actors.llm import (
     CONTEXT_TOO_LARGE,
     MODEL_BUSY,
@@ -15,11 +17,9 @@ from actors.llm import (
     MODEL_REFUSED,
     NO_MODEL,
     ContextTooLong,
-    GeminiClient,
     ModelFailed,
     Usage,
 )
-from actors.prompt import user_content
 from chatdf.errors import Unavailable
 from chatdf.settings import Settings
 from tests.fakes.fake_gemini import (  # noqa: F401 - fixtures
@@ -64,7 +64,7 @@ async def client(gemini_settings: Settings, rec: Recorder) -> AsyncIterator[Gemi
 async def ask(client: GeminiClient, rec: Recorder, tools: bool = True):  # type: ignore[no-untyped-def]
     return await client.generate(
         "SYSTEM",
-        [user_content("hi")],
+        [UserText("hi")],
         tools_enabled=tools,
         on_text=rec.on_text,
         on_usage=rec.on_usage,
@@ -108,14 +108,12 @@ async def test_function_call_keeps_its_thought_signature(
     )
     reply = await ask(client, rec)
     assert rec.texts == ["Let me check."]
-    [part] = reply.calls
-    assert part.function_call is not None
-    assert part.function_call.name == "execute_sql"
-    assert part.function_call.args == {"query": "SELECT 1"}
-    assert part.function_call.id == "c1"
-    assert part.thought_signature == b"signature"
-    assert reply.content.role == "model"
-    assert [p.text for p in reply.content.parts or []] == ["Let me check.", None]
+    [call] = reply.calls
+    assert call.name == "execute_sql"
+    assert call.args == {"query": "SELECT 1"}
+    assert call.id == "c1"
+    assert call.signature == b"signature"
+    assert reply.turn.text == "Let me check." and reply.turn.calls == (call,)
 
 
 async def test_thinking_tokens_count_as_output_and_thoughts_are_not_streamed(
@@ -234,6 +232,6 @@ async def test_a_failing_callback_is_not_mistaken_for_a_model_error(
 
     with pytest.raises(RuntimeError, match="publish failed"):
         await client.generate(
-            "S", [user_content("hi")], tools_enabled=True, on_text=broken, on_usage=rec.on_usage
+            "S", [UserText("hi")], tools_enabled=True, on_text=broken, on_usage=rec.on_usage
         )
     assert len(fake_gemini.requests) == 1

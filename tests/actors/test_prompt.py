@@ -7,6 +7,7 @@ from typing import Any
 
 from google.genai import types
 
+from actors.gemini import gemini_contents
 from actors.prompt import (
     NO_DATA,
     RESULT_MAX_CHARS,
@@ -126,7 +127,7 @@ def test_tool_rounds_replay_as_calls_and_responses() -> None:
         {"role": "assistant", "content": "Two.", "tool_rounds": stored},
         {"role": "user", "content": "thanks"},
     ]
-    contents = render_history(history)
+    contents = gemini_contents(render_history(history))
     shape = [
         (
             c.role,
@@ -158,7 +159,7 @@ def test_interrupted_answer_merges_into_the_next_question() -> None:
         {"role": "assistant", "content": "", "tool_rounds": rounds},  # stopped before any text
         {"role": "user", "content": "b"},
     ]
-    contents = render_history(history)
+    contents = gemini_contents(render_history(history))
     assert [c.role for c in contents] == ["user", "model", "user"]
     assert len(contents[2].parts or []) == 2  # the function response and "b"
 

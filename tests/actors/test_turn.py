@@ -12,12 +12,12 @@ import polars as pl
 import pytest
 from pydantic import SecretStr
 
+from actors.gemini import GeminiClient
 from actors.llm import (
     CONTEXT_TOO_LARGE,
     MODEL_FAILED,
     NO_MODEL,
     ContextTooLong,
-    GeminiClient,
     ModelFailed,
 )
 from actors.turn import (

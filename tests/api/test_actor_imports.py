@@ -84,3 +84,4 @@ def test_session_actor_never_imports_polars(
     assert health["user_id"] == user_id
     assert health["polars_loaded"] is False
     assert health["sqlglot_loaded"] is False  # the task checks SQL; the actor holds no parser
+    assert health["model_sdks_loaded"] == ["google.genai"]  # MODEL_PROVIDER=gemini: no openai

@@ -1,0 +1,208 @@
+"""The Gemini provider (MODEL_PROVIDER=gemini): google-genai contents, tools, chunks and errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from actors.conversation import TOOLS, Entry, ModelTurn, ToolCall, ToolResults, UserText
+from actors.llm import (
+    CONNECTION_ERRORS,
+    TOO_LONG,
+    Failure,
+    ModelReply,
+    Sleep,
+    StreamingClient,
+    Usage,
+)
+from chatdf.settings import Settings
+
+
+def tool_declarations() -> list[types.Tool]:
+    """The functions the model may call (actors/conversation.py); our code runs them."""
+    return [
+        types.Tool(
+            function_declarations=[
+                types.FunctionDeclaration(
+                    name=spec.name,
+                    description=spec.description,
+                    parameters=types.Schema(
+                        type=types.Type.OBJECT,
+                        properties={
+                            name: types.Schema(type=types.Type.STRING, description=description)
+                            for name, description in spec.parameters
+                        },
+                        required=[name for name, _ in spec.parameters],
+                    ),
+                )
+                for spec in TOOLS
+            ]
+        )
+    ]
+
+
+# Contents ------------------------------------------------------------------------------------
+
+
+def gemini_contents(entries: Sequence[Entry]) -> list[types.Content]:
+    """The conversation as Gemini contents; neighbours of one role merge (roles alternate)."""
+    contents: list[types.Content] = []
+    for entry in entries:
+        if isinstance(entry, UserText):
+            _append(contents, "user", [types.Part(text=entry.text)])
+        elif isinstance(entry, ModelTurn):
+            parts = [types.Part(text=entry.text, thought_signature=entry.signature)]
+            _append(contents, "model", (parts if entry.text else []) + _call_parts(entry))
+        elif isinstance(entry, ToolResults):
+            parts = [response_part(r.call.name, r.result, r.call.id) for r in entry.results]
+            _append(contents, "user", parts)
+    return contents
+
+
+def _call_parts(entry: ModelTurn) -> list[types.Part]:
+    return [
+        types.Part(
+            function_call=types.FunctionCall(name=call.name, args=call.args, id=call.id),
+            thought_signature=call.signature,
+        )
+        for call in entry.calls
+    ]
+
+
+def _append(contents: list[types.Content], role: str, parts: list[types.Part]) -> None:
+    if not parts:
+        return
+    if contents and contents[-1].role == role and contents[-1].parts is not None:
+        contents[-1].parts.extend(parts)
+    else:
+        contents.append(types.Content(role=role, parts=parts))
+
+
+def response_part(name: str, result: dict[str, object], call_id: str | None = None) -> types.Part:
+    return types.Part(
+        function_response=types.FunctionResponse(name=name, response=result, id=call_id)
+    )
+
+
+# Replies -------------------------------------------------------------------------------------
+
+
+def usage_of(metadata: types.GenerateContentResponseUsageMetadata | None) -> Usage | None:
+    if metadata is None:
+        return None
+    output = (metadata.candidates_token_count or 0) + (metadata.thoughts_token_count or 0)
+    return Usage(input_tokens=metadata.prompt_token_count or 0, output_tokens=output)
+
+
+class _Collector:
+    """Folds streamed chunks into a ModelReply, keeping what replays (thought signatures)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.calls: list[ToolCall] = []
+        self.text_signature: bytes | None = None
+        self.usage: Usage | None = None
+
+    def add(self, chunk: types.GenerateContentResponse) -> list[str]:
+        self.usage = usage_of(chunk.usage_metadata) or self.usage
+        texts: list[str] = []
+        candidate = chunk.candidates[0] if chunk.candidates else None
+        parts = candidate.content.parts if candidate and candidate.content else None
+        for part in parts or []:
+            call = part.function_call
+            if call is not None:
+                self.calls.append(
+                    ToolCall(
+                        name=call.name or "",
+                        args=dict(call.args or {}),
+                        id=call.id,
+                        signature=part.thought_signature,
+                    )
+                )
+            elif part.text and not part.thought:
+                if part.thought_signature and self.text_signature is None:
+                    self.text_signature = part.thought_signature
+                texts.append(part.text)
+                self.text += part.text
+        return texts
+
+    def finish(self) -> ModelReply:
+        turn = ModelTurn(text=self.text, calls=tuple(self.calls), signature=self.text_signature)
+        return ModelReply(
+            text=self.text, calls=list(self.calls), turn=turn, usage=self.usage or Usage()
+        )
+
+
+# The client ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GeminiRequest:
+    contents: list[types.Content]
+    config: types.GenerateContentConfig
+
+
+def is_too_long(exc: BaseException) -> bool:
+    return (
+        isinstance(exc, genai_errors.APIError)
+        and exc.code == 400
+        and bool(TOO_LONG.search(f"{exc.message or ''} {exc.details}"))
+    )
+
+
+class GeminiClient(StreamingClient[GeminiRequest, types.GenerateContentResponse]):
+    """Gemini through google-genai: built once per session actor, reused by every turn."""
+
+    provider = "gemini"
+
+    def __init__(self, settings: Settings, *, sleep: Sleep = asyncio.sleep) -> None:
+        super().__init__(settings, sleep=sleep)
+        # The SDK's own retries stay off (attempts=1) so only the shared policy decides, and
+        # so its implicit 1-10 s reconnect pause never runs.
+        options = types.HttpOptions(
+            base_url=settings.resolved_model_base_url or None,
+            retry_options=types.HttpRetryOptions(attempts=1),
+        )
+        self._client = genai.Client(
+            api_key=settings.resolved_model_api_key, vertexai=False, http_options=options
+        )
+        self._tools = tool_declarations()
+
+    def config(self, system: str, tools_enabled: bool) -> types.GenerateContentConfig:
+        modes = types.FunctionCallingConfigMode
+        mode = modes.AUTO if tools_enabled else modes.NONE
+        # Tools stay declared even when disabled: the contents may hold earlier function calls.
+        return types.GenerateContentConfig(
+            system_instruction=system,
+            tools=list(self._tools),
+            tool_config=types.ToolConfig(
+                function_calling_config=types.FunctionCallingConfig(mode=mode)
+            ),
+            automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
+        )
+
+    def request(self, system: str, contents: Sequence[Entry], tools_enabled: bool) -> GeminiRequest:
+        return GeminiRequest(gemini_contents(contents), self.config(system, tools_enabled))
+
+    async def open_stream(
+        self, request: GeminiRequest
+    ) -> AsyncIterator[types.GenerateContentResponse]:
+        return await self._client.aio.models.generate_content_stream(
+            model=self.model, contents=list(request.contents), config=request.config
+        )
+
+    def collector(self) -> _Collector:
+        return _Collector()
+
+    def failure(self, exc: BaseException) -> Failure:
+        if isinstance(exc, genai_errors.APIError):
+            return Failure(status=exc.code, too_long=is_too_long(exc))
+        return Failure(connection=isinstance(exc, CONNECTION_ERRORS))
+
+    async def aclose(self) -> None:
+        await self._client.aio.aclose()
