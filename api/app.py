@@ -14,13 +14,14 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 from starlette.datastructures import Headers
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import auth, chat, conversations, datasets, embedded_ray, health, usage
+from api import auth, chat, contracts, conversations, datasets, embedded_ray, health, usage
 from api.deps import COOKIE_NAME, NOT_SIGNED_IN, authenticate, token_from
 from api.errors import DATABASE_UNAVAILABLE, error_response, install_error_handlers
 from chatdf.db import Database, Dataset, utcnow
@@ -43,6 +44,7 @@ PUBLIC_PATHS = frozenset(
         "/docs/oauth2-redirect",
         "/redoc",
         "/openapi.json",
+        contracts.ASYNCAPI_PATH,
     }
 )
 
@@ -262,7 +264,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> FastAPI:
     """Builds the edge: REST routers, /ws, error bodies, CORS and a body-size bound."""
-    app = FastAPI(title="chatdf", version="0.1.0", lifespan=lifespan)
+    # JSONResponse, not FastAPI's default: with a response model the default serializes with
+    # pydantic's own JSON writer, which prints floats differently (1e-05 as 0.00001): the
+    # models describe the answers, they must not change a byte of them (docs/contracts.md).
+    app = FastAPI(
+        title="chatdf", version="0.1.0", lifespan=lifespan, default_response_class=JSONResponse
+    )
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(AuthFirst, settings=settings)
@@ -277,7 +284,7 @@ def create_app(settings: Settings) -> FastAPI:
         allow_headers=["*"],
     )
 
-    for module in (health, auth, conversations, datasets, chat, usage):
+    for module in (health, auth, conversations, datasets, chat, usage, contracts):
         app.include_router(module.router)
     app.include_router(ws_router)
     return app
