@@ -9,7 +9,7 @@ import pytest
 
 from chatdf.settings import Settings
 
-SECRETS = {
+SECRETS: dict[str, Any] = {
     "gemini_api_key": "AIza-model-key",
     "google_client_secret": "oauth-client-secret",
     "database_url": "postgresql+psycopg://chatdf:db-password@db.internal/chatdf",
