@@ -33,6 +33,10 @@ from ws.sessions import watch_sessions
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+API_DESCRIPTION = (
+    "Chat with your data. Errors answer `{error, details}`. The WebSocket `/ws` and its events "
+    "are described by `/asyncapi.json` (AsyncAPI 3.0)."
+)
 PUBLIC_PATHS = frozenset(
     {
         "/health",
@@ -268,7 +272,11 @@ def create_app(settings: Settings) -> FastAPI:
     # pydantic's own JSON writer, which prints floats differently (1e-05 as 0.00001): the
     # models describe the answers, they must not change a byte of them (docs/contracts.md).
     app = FastAPI(
-        title="chatdf", version="0.1.0", lifespan=lifespan, default_response_class=JSONResponse
+        title="chatdf",
+        version="0.1.0",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+        default_response_class=JSONResponse,
     )
     app.state.settings = settings
     install_error_handlers(app)
