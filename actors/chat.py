@@ -14,7 +14,7 @@ from actors.budget import TokenBudget
 from actors.datasets import DatasetLoader
 from actors.llm import ModelClient, make_client, not_configured
 from actors.turn import Turn
-from chatdf import events
+from chatdf import events, schemas
 from chatdf.db import Database, Message, new_id, utcnow
 from chatdf.errors import (
     BadRequest,
@@ -273,7 +273,7 @@ class ChatRunner:
                     message_id=message_id,
                     token_count=saved["token_count"],
                     sql_query=saved["sql_query"],
-                    message=saved,
+                    message=schemas.Message.model_validate(saved),
                 ).wire()
             )
         if self.budget.warning_due():

@@ -15,7 +15,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from actors.fetch import DatasetUnreachable
-from chatdf import events
+from chatdf import events, schemas
 from chatdf.db import Conversation, Database, Dataset, utcnow
 from chatdf.errors import (
     BadRequest,
@@ -246,7 +246,7 @@ class DatasetLoader:
                 row_count=dataset["row_count"] or 0,
                 column_count=dataset["column_count"] or 0,
                 schema=dataset["schema"],
-                dataset=dataset,
+                dataset=schemas.Dataset.model_validate(dataset),
             ).wire()
         )
 

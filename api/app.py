@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 from starlette.datastructures import Headers
@@ -23,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors.spares import Sessions, SparePool
 from actors.tasks import warm_task_workers
-from api import auth, chat, conversations, datasets, embedded_ray, health, usage
+from api import auth, chat, contracts, conversations, datasets, embedded_ray, health, usage
 from api.deps import COOKIE_NAME, NOT_SIGNED_IN, authenticate, token_from
 from api.errors import DATABASE_UNAVAILABLE, error_response, install_error_handlers
 from api.shutdown import AnswerWhenCutOff
@@ -36,6 +37,10 @@ from ws.sessions import watch_sessions
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+API_DESCRIPTION = (
+    "Chat with your data. Errors answer `{error, details}`. The WebSocket `/ws` and its events "
+    "are described by `/asyncapi.json` (AsyncAPI 3.0)."
+)
 PUBLIC_PATHS = frozenset(
     {
         "/health",
@@ -47,6 +52,7 @@ PUBLIC_PATHS = frozenset(
         "/docs/oauth2-redirect",
         "/redoc",
         "/openapi.json",
+        contracts.ASYNCAPI_PATH,
     }
 )
 
@@ -293,7 +299,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> FastAPI:
     """Builds the edge: REST routers, /ws, error bodies, CORS and a body-size bound."""
-    app = FastAPI(title="chatdf", version="0.1.0", lifespan=lifespan)
+    # JSONResponse, not FastAPI's default: with a response model the default serializes with
+    # pydantic's own JSON writer, which prints floats differently (1e-05 as 0.00001): the
+    # models describe the answers, they must not change a byte of them (docs/contracts.md).
+    app = FastAPI(
+        title="chatdf",
+        version="0.1.0",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+        default_response_class=JSONResponse,
+    )
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(AuthFirst, settings=settings)
@@ -309,7 +324,7 @@ def create_app(settings: Settings) -> FastAPI:
         allow_headers=["*"],
     )
 
-    for module in (health, auth, conversations, datasets, chat, usage):
+    for module in (health, auth, conversations, datasets, chat, usage, contracts):
         app.include_router(module.router)
     app.include_router(ws_router)
     return app

@@ -13,10 +13,12 @@ from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field
 
 from api.deps import COOKIE_NAME, CurrentUser, DbDep, SettingsDep, token_from
+from api.errors import error_responses
 from api.rate_limit import SignInRateLimit
 from api.routing import CheckedRoute
 from chatdf.db import Database, OAuthState, User
 from chatdf.errors import BadRequest, Forbidden, NotFound, UpstreamFailed
+from chatdf.schemas import DevLogin, GoogleLogin, Success, UserProfile
 from chatdf.settings import Settings, is_loopback_host
 from chatdf.store import (
     DEV_USER_EMAIL,
@@ -118,7 +120,12 @@ def sign_in(
         return token, user_json(user)
 
 
-@router.post("/dev-login", dependencies=[SignInRateLimit])
+@router.post(
+    "/dev-login",
+    dependencies=[SignInRateLimit],
+    response_model=DevLogin,
+    responses=error_responses(400, 403, 404, 413, 429, 503),
+)
 def dev_login(
     request: Request,
     response: Response,
@@ -140,7 +147,12 @@ def dev_login(
     return {"token": token, "user": user}
 
 
-@router.post("/google", dependencies=[SignInRateLimit])
+@router.post(
+    "/google",
+    dependencies=[SignInRateLimit],
+    response_model=GoogleLogin,
+    responses=error_responses(400, 413, 429, 503),
+)
 def google_login(
     response: Response, db: DbDep, settings: SettingsDep, body: GoogleLoginBody | None = None
 ) -> dict[str, str]:
@@ -169,7 +181,16 @@ def google_login(
     return {"redirect_url": url}
 
 
-@router.get("/google/callback", dependencies=[SignInRateLimit])
+@router.get(
+    "/google/callback",
+    dependencies=[SignInRateLimit],
+    response_class=RedirectResponse,
+    status_code=302,
+    responses={
+        302: {"description": "Signed in: the session cookie is set, the browser goes to APP_URL"},
+        **error_responses(400, 403, 429, 502, 503),
+    },
+)
 async def google_callback(
     request: Request, db: DbDep, settings: SettingsDep, code: str = "", state: str = ""
 ) -> RedirectResponse:
@@ -241,7 +262,7 @@ async def fetch_google_profile(settings: Settings, code: str, verifier: str) -> 
         raise UpstreamFailed("Could not reach Google to finish sign-in", str(exc)) from None
 
 
-@router.get("/me")
+@router.get("/me", response_model=UserProfile, responses=error_responses(401, 404, 503))
 def me(user: CurrentUser, db: DbDep) -> dict[str, Any]:
     """The signed-in user's profile."""
     with db.session() as s:
@@ -251,7 +272,7 @@ def me(user: CurrentUser, db: DbDep) -> dict[str, Any]:
         return user_json(row)
 
 
-@router.post("/logout")
+@router.post("/logout", response_model=Success, responses=error_responses(401, 503))
 async def logout(
     request: Request, response: Response, user: CurrentUser, db: DbDep
 ) -> dict[str, bool]:

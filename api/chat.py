@@ -14,7 +14,9 @@ from api.deps import (
     call_actor,
     call_actor_if_running,
 )
+from api.errors import error_responses
 from api.routing import CheckedRoute
+from chatdf.schemas import MessageAccepted, QueryResult, Success
 
 router = APIRouter(
     prefix="/conversations/{conversation_id}", tags=["chat"], route_class=CheckedRoute
@@ -29,7 +31,12 @@ class QueryBody(BaseModel):
     sql: Any = None
 
 
-@router.post("/messages", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/messages",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=MessageAccepted,
+    responses=error_responses(400, 401, 404, 409, 413, 429, 503),
+)
 async def post_message(
     conversation_id: OwnedConversationId,
     body: MessageBody,
@@ -43,7 +50,7 @@ async def post_message(
     return result
 
 
-@router.post("/stop")
+@router.post("/stop", response_model=Success, responses=error_responses(401, 404, 503))
 async def stop_turn(
     conversation_id: OwnedConversationId, user: CurrentUser, sessions: SessionsDep
 ) -> dict[str, bool]:
@@ -52,7 +59,9 @@ async def stop_turn(
     return {"success": True}
 
 
-@router.post("/query")
+@router.post(
+    "/query", response_model=QueryResult, responses=error_responses(400, 401, 404, 413, 503)
+)
 async def run_query(
     conversation_id: OwnedConversationId, body: QueryBody, user: CurrentUser, sessions: SessionsDep
 ) -> dict[str, Any]:

@@ -10,8 +10,17 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from api.deps import CurrentUser, DbDep, SessionsDep, call_actor_if_running
+from api.errors import error_responses
 from api.routing import CheckedRoute
 from chatdf.db import Conversation, iso
+from chatdf.schemas import (
+    ConversationCreated,
+    ConversationDetail,
+    ConversationList,
+    ConversationRenamed,
+    ConversationsDeleted,
+    Success,
+)
 from chatdf.store import (
     conversation_detail,
     list_conversations,
@@ -23,17 +32,22 @@ from chatdf.store import (
 router = APIRouter(prefix="/conversations", tags=["conversations"], route_class=CheckedRoute)
 
 
-class CreateBody(BaseModel):
+class ConversationCreateBody(BaseModel):
     title: str | None = None
 
 
-class RenameBody(BaseModel):
+class ConversationRenameBody(BaseModel):
     title: Any = None
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ConversationCreated,
+    responses=error_responses(400, 401, 413, 503),
+)
 def create_conversation(
-    user: CurrentUser, db: DbDep, body: CreateBody | None = None
+    user: CurrentUser, db: DbDep, body: ConversationCreateBody | None = None
 ) -> dict[str, Any]:
     """Starts a new, empty conversation."""
     title = validate_title(body.title) if body and body.title is not None else "New conversation"
@@ -44,23 +58,31 @@ def create_conversation(
         return {"id": conv.id, "title": conv.title, "created_at": iso(conv.created_at)}
 
 
-@router.get("")
+@router.get("", response_model=ConversationList, responses=error_responses(401, 503))
 def get_conversations(user: CurrentUser, db: DbDep) -> dict[str, Any]:
     """The user's conversations, most recently updated first."""
     with db.session() as s:
         return {"conversations": list_conversations(s, user.id)}
 
 
-@router.get("/{conversation_id}")
+@router.get(
+    "/{conversation_id}",
+    response_model=ConversationDetail,
+    responses=error_responses(401, 404, 503),
+)
 def get_conversation(conversation_id: str, user: CurrentUser, db: DbDep) -> dict[str, Any]:
     """One conversation with its messages and datasets."""
     with db.session() as s:
         return conversation_detail(s, owned_conversation(s, user.id, conversation_id))
 
 
-@router.patch("/{conversation_id}")
+@router.patch(
+    "/{conversation_id}",
+    response_model=ConversationRenamed,
+    responses=error_responses(400, 401, 404, 413, 503),
+)
 def rename_conversation(
-    conversation_id: str, body: RenameBody, user: CurrentUser, db: DbDep
+    conversation_id: str, body: ConversationRenameBody, user: CurrentUser, db: DbDep
 ) -> dict[str, Any]:
     """Renames a conversation (1-100 characters)."""
     title = validate_title(body.title)
@@ -71,7 +93,9 @@ def rename_conversation(
         return {"id": conv.id, "title": conv.title, "updated_at": iso(conv.updated_at)}
 
 
-@router.delete("/{conversation_id}")
+@router.delete(
+    "/{conversation_id}", response_model=Success, responses=error_responses(401, 404, 503)
+)
 async def delete_conversation(
     conversation_id: str, user: CurrentUser, db: DbDep, sessions: SessionsDep
 ) -> dict[str, bool]:
@@ -93,7 +117,7 @@ async def delete_conversation(
     return {"success": True}
 
 
-@router.delete("")
+@router.delete("", response_model=ConversationsDeleted, responses=error_responses(401, 503))
 async def delete_all_conversations(
     user: CurrentUser, db: DbDep, sessions: SessionsDep
 ) -> dict[str, Any]:

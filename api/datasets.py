@@ -18,9 +18,12 @@ from api.deps import (
     call_actor,
     call_actor_if_running,
 )
+from api.errors import error_responses
 from api.routing import CheckedRoute
 from chatdf.db import Dataset
 from chatdf.errors import BadRequest, NotFound
+from chatdf.schemas import Dataset as DatasetOut
+from chatdf.schemas import DatasetAdded, Success
 from chatdf.sql_names import is_reserved_word
 from chatdf.store import dataset_json, datasets_of, owned_conversation, touch
 
@@ -32,19 +35,27 @@ IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,49}$")
 FILE_FUNCTION_NAME = re.compile(r"^(read|scan)_", re.IGNORECASE)  # the SQL guard refuses them
 
 
-class AddBody(BaseModel):
+class DatasetAddBody(BaseModel):
     # Any: a missing or non-string URL gets the contract's "Invalid URL format", from the actor.
     url: Any = None
 
 
-class RenameBody(BaseModel):
+class DatasetRenameBody(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
     table_name: Any = Field(default=None, alias="tableName")
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DatasetAdded,
+    responses=error_responses(400, 401, 404, 413, 429, 503),
+)
 async def add_dataset(
-    conversation_id: OwnedConversationId, body: AddBody, user: CurrentUser, sessions: SessionsDep
+    conversation_id: OwnedConversationId,
+    body: DatasetAddBody,
+    user: CurrentUser,
+    sessions: SessionsDep,
 ) -> dict[str, Any]:
     """Attaches a dataset by URL; answers at once, progress arrives as events."""
     result: dict[str, Any] = await call_actor(
@@ -61,9 +72,13 @@ def find_dataset(s: Any, user_id: str, conversation_id: str, dataset_id: str) ->
     return row  # type: ignore[no-any-return]
 
 
-@router.patch("/{dataset_id}")
+@router.patch(
+    "/{dataset_id}",
+    response_model=DatasetOut,
+    responses=error_responses(400, 401, 404, 413, 503),
+)
 def rename_dataset(
-    conversation_id: str, dataset_id: str, body: RenameBody, user: CurrentUser, db: DbDep
+    conversation_id: str, dataset_id: str, body: DatasetRenameBody, user: CurrentUser, db: DbDep
 ) -> dict[str, Any]:
     """Renames the dataset's SQL table (identifier, 1-50 chars, unique, not a keyword)."""
     name = validate_table_name(body.table_name)
@@ -98,7 +113,11 @@ def validate_table_name(name: object) -> str:
     return name
 
 
-@router.post("/{dataset_id}/refresh")
+@router.post(
+    "/{dataset_id}/refresh",
+    response_model=DatasetOut,
+    responses=error_responses(400, 401, 404, 429, 502, 503),
+)
 async def refresh_dataset(
     conversation_id: str, dataset_id: str, user: CurrentUser, db: DbDep, sessions: SessionsDep
 ) -> dict[str, Any]:
@@ -115,7 +134,7 @@ async def refresh_dataset(
     return result
 
 
-@router.delete("/{dataset_id}")
+@router.delete("/{dataset_id}", response_model=Success, responses=error_responses(401, 404, 503))
 async def delete_dataset(
     conversation_id: str, dataset_id: str, user: CurrentUser, db: DbDep, sessions: SessionsDep
 ) -> dict[str, bool]:

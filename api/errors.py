@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,6 +13,7 @@ from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatdf.errors import ChatdfError
+from chatdf.schemas import ErrorBody
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,32 @@ _STATUS_SENTENCES = {
 
 
 UNSTORABLE = "The request contains a value that cannot be stored (for example a NUL character)"
+
+
+# What each error status means in the OpenAPI document (the body is always `{error, details}`).
+_STATUS_MEANINGS = {
+    400: "Bad input (validation errors too): nothing was changed",
+    401: "No session, or an invalid or expired one",
+    403: "Forbidden",
+    404: "Not found, or not yours",
+    409: "Conflict with the current state",
+    413: "Request body too large",
+    429: "Over a limit: the token budget, sign-in attempts or concurrent loads",
+    502: "An upstream (a dataset URL, Google) failed",
+    503: "Busy or unavailable (database, session restarting, no model configured); try again",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` of a route: these statuses, and `default` for any other failure,
+    each with the error body. Declaring `default` also keeps FastAPI from documenting a 422
+    with its own `{"detail": ...}` body, which this app never sends (validation is a 400)."""
+    responses: dict[int | str, dict[str, Any]] = {
+        status: {"model": ErrorBody, "description": _STATUS_MEANINGS[status]}
+        for status in sorted(statuses)
+    }
+    responses["default"] = {"model": ErrorBody, "description": "Any other failure"}
+    return responses
 
 
 def error_response(status: int, error: str, details: str | None = None) -> JSONResponse:

@@ -9,10 +9,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
 
 from api.deps import DbDep, SettingsDep
+from api.errors import error_responses
 from chatdf.errors import NotFound
+from chatdf.schemas import Health
 from chatdf.settings import SAMPLE_PATH, sample_file
 
 router = APIRouter(tags=["health"])
+
+PARQUET = "application/vnd.apache.parquet"
 
 
 def ray_nodes() -> int:
@@ -28,7 +32,14 @@ def ray_nodes() -> int:
         return 0
 
 
-@router.get("/health")
+@router.get(
+    "/health",
+    response_model=Health,
+    responses={
+        503: {"model": Health, "description": "Degraded: Ray or the database does not answer"},
+        **error_responses(),
+    },
+)
 async def health(request: Request, db: DbDep, settings: SettingsDep) -> JSONResponse:
     """Whether Ray and the database answer, which model provider and model chat uses, and how
     many warm session actors this edge holds ready."""
@@ -50,10 +61,17 @@ async def health(request: Request, db: DbDep, settings: SettingsDep) -> JSONResp
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-@router.get(SAMPLE_PATH, include_in_schema=True)
+@router.get(
+    SAMPLE_PATH,
+    response_class=FileResponse,
+    responses={
+        200: {"content": {PARQUET: {}}, "description": "The Parquet file"},
+        **error_responses(404),
+    },
+)
 def sample_dataset(request: Request) -> FileResponse:
     """The bundled sample dataset (Parquet), so a new user can try chatdf with no data."""
     path = sample_file()
     if not path.is_file():
         raise NotFound("Sample dataset not found")
-    return FileResponse(str(path), media_type="application/vnd.apache.parquet")
+    return FileResponse(str(path), media_type=PARQUET)

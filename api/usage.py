@@ -7,11 +7,13 @@ from typing import Any
 from fastapi import APIRouter
 
 from api.deps import CurrentUser, SessionsDep, call_actor
+from api.errors import error_responses
+from chatdf.schemas import Usage
 
 router = APIRouter(tags=["usage"])
 
 
-@router.get("/usage")
+@router.get("/usage", response_model=Usage, responses=error_responses(401, 503))
 async def get_usage(user: CurrentUser, sessions: SessionsDep) -> dict[str, Any]:
     """Tokens used, limit, remaining and time to reset over the rolling window."""
     result: dict[str, Any] = await call_actor(sessions, user.id, "usage")

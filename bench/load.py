@@ -39,10 +39,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -158,14 +159,14 @@ def kind_of(proc: Any, root_pid: int) -> str:
         name = proc.name()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return "gone"
-    title = cmd[0] if cmd else name
+    title = str(cmd[0] if cmd else name)
     if title.startswith("ray::"):
         return title.split(" ", 1)[0].split(".", 1)[0]
     if name.startswith("python"):
         if "-c" in cmd:  # multiprocessing's forkserver, resource tracker
             return "python -c"
-        return next((Path(a).name for a in cmd[1:] if not a.startswith("-")), name)
-    return name
+        return next((Path(a).name for a in cmd[1:] if not a.startswith("-")), str(name))
+    return str(name)
 
 
 class Meter:
@@ -199,10 +200,10 @@ class Meter:
     def cpu_by_kind(self, before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
         """The same CPU seconds split by process kind (edge, raylet, ray::SessionActor, ...)."""
         kinds = {p.pid: kind_of(p, self.root_pid) for p in self.procs()}
-        out: Counter[str] = Counter()
+        out: defaultdict[str, float] = defaultdict(float)
         for pid, v in after.items():
             out[kinds.get(pid, "gone")] += max(0.0, v - before.get(pid, 0.0))
-        return {k: round(v, 3) for k, v in out.most_common()}
+        return {k: round(v, 3) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
     def pss_total(self) -> int:
         return sum(pss_bytes(p.pid) for p in self.procs())
@@ -453,7 +454,7 @@ class Client:
 
     async def sign_up_many(self, prefix: str, n: int, conversation: bool = True) -> list[User]:
         made = await bounded(
-            [lambda i=i: self.sign_up(f"{prefix}-{i}@example.com", conversation) for i in range(n)]
+            [partial(self.sign_up, f"{prefix}-{i}@example.com", conversation) for i in range(n)]
         )
         return [u for u in made if u is not None]
 
@@ -527,7 +528,7 @@ class Client:
 
     async def close_all(self) -> None:
         users, self.users = self.users, []
-        await bounded([lambda u=u: self.close(u) for u in users], 64)
+        await bounded([partial(self.close, u) for u in users], 64)
 
     async def turn(self, user: User, options: dict[str, Any], deadline: float) -> Turn:
         turn = Turn()
@@ -668,7 +669,7 @@ class Options:
 
 
 async def opened(client: Client, users: list[User], timeout: float) -> tuple[list[float], int]:
-    times = await bounded([lambda u=u: client.open(u, timeout) for u in users])
+    times = await bounded([partial(client.open, u, timeout) for u in users])
     return [t for t in times if t is not None], sum(t is None for t in times)
 
 
@@ -1014,7 +1015,7 @@ async def run_group(
 # Report -----------------------------------------------------------------------------------
 
 
-def get(d: Any, *path: str) -> Any:
+def get(d: Any, *path: str | None) -> Any:
     for key in path:
         if not isinstance(d, dict) or key not in d:
             return None
@@ -1244,8 +1245,8 @@ def loads(res: dict[str, Any]) -> str:
         for v in server.values()
         if isinstance(v, dict)
     ]
-    values = [x for x in values if isinstance(x, int | float)]
-    return f"{min(values):.1f}–{max(values):.1f}" if values else "—"
+    numbers = [float(x) for x in values if isinstance(x, int | float)]
+    return f"{min(numbers):.1f}–{max(numbers):.1f}" if numbers else "—"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -1476,7 +1477,7 @@ async def amain(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             fakes_proc.kill()
         shutil.rmtree(tmp, ignore_errors=True)
-    report = {
+    report: dict[str, Any] = {
         "started": started_at.isoformat(),
         "wall_s": time.monotonic() - t0,
         "git": git_describe(),

@@ -63,7 +63,7 @@ class State:
     http: httpx.AsyncClient | None = None
 
 
-def tools() -> list[types.Tool]:
+def tools() -> list[types.ToolUnion]:
     query = types.Schema(type=types.Type.STRING, description="One SQL SELECT.")
     return [
         types.Tool(

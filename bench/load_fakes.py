@@ -123,8 +123,10 @@ class PacedGemini(FakeGemini):
         options, answered = ask_of(request)
         sql = options.get("sql")
         if isinstance(sql, str) and sql and not answered:
-            call = {"functionCall": {"name": "execute_sql", "args": {"query": sql}}}
-            call["thoughtSignature"] = "c2lnbmF0dXJl"
+            call: dict[str, Any] = {
+                "functionCall": {"name": "execute_sql", "args": {"query": sql}},
+                "thoughtSignature": "c2lnbmF0dXJl",
+            }
             last = _candidate_chunk([call], finish="STOP")
             last["usageMetadata"] = usage_chunk(50, 10)
             return Reply(steps=[Step(chunk=last)])
@@ -141,7 +143,12 @@ def main() -> int:
     print(json.dumps({"model_url": model.base_url, "data_url": data_url}), flush=True)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
-    threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+
+    def until_stdin_closes() -> None:
+        sys.stdin.read()
+        done.set()
+
+    threading.Thread(target=until_stdin_closes, daemon=True).start()
     while not done.wait(0.5):
         pass
     model.close()

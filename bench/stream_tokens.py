@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -80,7 +82,7 @@ def main() -> int:
         settings = Settings(
             database_url=f"sqlite:///{tmp}/bench.db",
             data_dir=tmp,
-            gemini_api_key="fake",
+            gemini_api_key=SecretStr("fake"),
             gemini_base_url=fake.base_url,
             ray_namespace="chatdf-bench",
         )

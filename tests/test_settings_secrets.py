@@ -9,7 +9,7 @@ import pytest
 
 from chatdf.settings import Settings
 
-SECRETS = {
+SECRETS: dict[str, Any] = {
     "gemini_api_key": "AIza-model-key",
     "model_api_key": "sk-provider-key",
     "google_client_secret": "oauth-client-secret",

@@ -534,7 +534,7 @@ def test_oauth_states_and_sessions_do_not_pile_up(
     for _ in range(5):
         start_google(server)
     with db.session() as s:  # each start purged the expired ones before adding its own
-        assert s.scalar(select(func.count()).select_from(OAuthState)) <= 1
+        assert (s.scalar(select(func.count()).select_from(OAuthState)) or 0) <= 1
     old = dev_login(server, email="purge@example.com").json()["token"]
     old_hash = hashlib.sha256(old.encode()).hexdigest()
     with db.session() as s:

@@ -6,6 +6,7 @@ import io
 import logging
 import time
 import uuid
+from functools import partial
 from typing import Any
 
 import httpx
@@ -209,8 +210,12 @@ def test_an_actor_dying_under_a_call_twice_is_503_in_the_error_body(
     )
     before = data_server.requests["/slow.parquet"]
     query.start()
+
+    def slow_reads_reach(n: int) -> bool:
+        return data_server.requests["/slow.parquet"] >= n
+
     for attempt in (1, 2):  # the first call, then the edge's one retry on a fresh actor
-        assert wait_until(lambda a=attempt: data_server.requests["/slow.parquet"] >= before + a)
+        assert wait_until(partial(slow_reads_reach, before + attempt))
         ray.kill(get_session_actor(user_id, live.settings), no_restart=True)
     query.join(60)
     assert replies and replies[0].status_code == 503
