@@ -15,6 +15,7 @@ from actors.chat import ChatRunner
 from actors.datasets import DatasetLoader
 from actors.edges import notify_edges, watch_edge
 from actors.fanout import Event, Fanout, Stamped
+from actors.observe import from_edge, start_process
 from chatdf.db import Database
 from chatdf.settings import Settings
 
@@ -38,6 +39,7 @@ class SessionActor:
         self.user_id = user_id
         self.settings = settings
         self.clock = clock
+        start_process(settings)  # LOG_FORMAT=json in this process (actors/observe.py)
         self.db = Database(
             settings.resolved_database_url,
             busy_timeout_s=settings.database_busy_timeout_s,
@@ -167,11 +169,13 @@ class SessionActor:
 
     # Datasets ----------------------------------------------------------------------------
 
+    @from_edge
     async def add_dataset(self, conversation_id: str, url: str) -> dict[str, Any]:
         await self.ready()
         self._touch()
         return await self.datasets.add(conversation_id, url)
 
+    @from_edge
     async def refresh_dataset(self, conversation_id: str, dataset_id: str) -> dict[str, Any]:
         await self.ready()
         self._touch()
@@ -179,29 +183,35 @@ class SessionActor:
 
     # Chat --------------------------------------------------------------------------------
 
+    @from_edge
     async def post_message(self, conversation_id: str, content: str) -> dict[str, Any]:
         await self.ready()
         self._touch()
         return await self.chat.post(conversation_id, content)
 
+    @from_edge
     async def stop(self, conversation_id: str) -> bool:
         self._touch()
         return await self.chat.stop(conversation_id)
 
+    @from_edge
     async def forget_conversation(self, conversation_id: str) -> None:
         """Cancels work on a conversation that is being deleted."""
         await self.chat.stop(conversation_id)
         self.datasets.cancel_conversation(conversation_id)
 
+    @from_edge
     async def forget_dataset(self, dataset_id: str) -> bool:
         """Cancels the load of a dataset that is being deleted (False: none was running)."""
         return self.datasets.cancel_load(dataset_id)
 
+    @from_edge
     async def query(self, conversation_id: str, sql: str) -> dict[str, Any]:
         await self.ready()
         self._touch()
         return await self.chat.query(conversation_id, sql)
 
+    @from_edge
     async def usage(self) -> dict[str, Any]:
         await self.ready()
         self._touch()

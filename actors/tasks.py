@@ -18,6 +18,7 @@ from typing import Any
 import ray
 from ray.exceptions import OutOfMemoryError, RayError, TaskCancelledError, WorkerCrashedError
 
+from actors.observe import sql_run
 from actors.sql_guard import check_sql
 from chatdf.errors import ChatdfError, SqlFailed
 from chatdf.settings import Settings
@@ -112,9 +113,10 @@ async def run_sql(sql: str, tables: list[dict[str, Any]], settings: Settings) ->
     table that could not be fetched. The sqlglot checks run here, so most refusals cost no
     task; the Polars cross-check runs in the task, before it reads anything.
     """
-    check_sql(sql, [t["name"] for t in tables], settings.max_sql_chars, cross_check=False)
-    async with _user_query_slots(settings):  # QUERY_MAX_CONCURRENT_PER_USER
-        return await _run_task(sql, tables, settings)
+    with sql_run(settings):  # duration, outcome, failures; a span when tracing
+        check_sql(sql, [t["name"] for t in tables], settings.max_sql_chars, cross_check=False)
+        async with _user_query_slots(settings):  # QUERY_MAX_CONCURRENT_PER_USER
+            return await _run_task(sql, tables, settings)
 
 
 async def _run_task(sql: str, tables: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:

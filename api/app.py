@@ -20,9 +20,11 @@ from starlette.datastructures import Headers
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import auth, chat, conversations, datasets, embedded_ray, health, usage
+from api import auth, chat, conversations, datasets, embedded_ray, health, metrics, usage
 from api.deps import COOKIE_NAME, NOT_SIGNED_IN, authenticate, token_from
 from api.errors import DATABASE_UNAVAILABLE, error_response, install_error_handlers
+from api.observe import REQUEST_ID, Observe
+from chatdf import logs, tracing
 from chatdf.db import Database, Dataset, utcnow
 from chatdf.settings import SAMPLE_PATH, Settings
 from ws.connections import ConnectionManager
@@ -43,6 +45,7 @@ PUBLIC_PATHS = frozenset(
         "/docs/oauth2-redirect",
         "/redoc",
         "/openapi.json",
+        metrics.METRICS_PATH,  # counts only; METRICS_ENABLED=false removes it (observability.md)
     }
 )
 
@@ -198,6 +201,7 @@ class AuthFirst:
                 await error_response(401, NOT_SIGNED_IN)(scope, receive, send)
                 return
             scope.setdefault("state", {})["auth_user"] = user
+            logs.bind(user_id=user.id)  # this request's log lines (Observe resets the context)
             if source == "cookie":
                 send = self._renewing_cookie(send, token)
         await self.app(scope, receive, send)
@@ -249,6 +253,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     manager = ConnectionManager(settings)
     await manager.start()
     app.state.connection_manager = manager
+    if app.state.metrics is not None:
+        app.state.metrics.attach(manager)
+        manager.on_batch = app.state.metrics.observe_delivery
     watch = asyncio.create_task(watch_sessions(manager, db, settings.session_check_interval_s))
     try:
         yield
@@ -256,6 +263,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         watch.cancel()
         await manager.close_all()
         db.dispose()
+        tracing.flush()
         if started_ray:
             embedded_ray.stop()
 
@@ -264,6 +272,7 @@ def create_app(settings: Settings) -> FastAPI:
     """Builds the edge: REST routers, /ws, error bodies, CORS and a body-size bound."""
     app = FastAPI(title="chatdf", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
+    app.state.metrics = metrics.EdgeMetrics() if settings.metrics_enabled else None
     install_error_handlers(app)
     app.add_middleware(AuthFirst, settings=settings)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
@@ -275,9 +284,13 @@ def create_app(settings: Settings) -> FastAPI:
         allow_credentials=True,
         allow_methods=["*"],
         allow_headers=["*"],
+        expose_headers=[REQUEST_ID],
     )
+    app.add_middleware(Observe, settings=settings, metrics=app.state.metrics)  # outermost
 
     for module in (health, auth, conversations, datasets, chat, usage):
         app.include_router(module.router)
     app.include_router(ws_router)
+    if settings.metrics_enabled:
+        app.include_router(metrics.router)
     return app

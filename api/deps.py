@@ -10,6 +10,7 @@ from fastapi import Depends, Request, WebSocket
 
 from actors.session import actor_name, get_session_actor
 from api.errors import unwrap
+from api.observe import call_context
 from chatdf.db import Database
 from chatdf.errors import ChatdfError, Unauthorized
 from chatdf.settings import Settings
@@ -91,7 +92,7 @@ async def call_actor(settings: Settings, user_id: str, method: str, *args: Any) 
     for attempt in range(2):
         handle = await asyncio.to_thread(get_session_actor, user_id, settings)
         try:
-            return await _remote_call(handle, method, args)
+            return await _remote_call(handle, method, args, call_context(settings))
         except Exception as exc:
             if attempt == 0 and type(exc).__name__ in ("ActorDiedError", "RayActorError"):
                 continue
@@ -99,10 +100,15 @@ async def call_actor(settings: Settings, user_id: str, method: str, *args: Any) 
     raise AssertionError("unreachable")
 
 
-async def _remote_call(handle: Any, method: str, args: tuple[Any, ...]) -> Any:
-    """Awaits an actor method, re-raising our own errors as themselves (Ray wraps them)."""
+async def _remote_call(
+    handle: Any, method: str, args: tuple[Any, ...], context: dict[str, str]
+) -> Any:
+    """Awaits an actor method, re-raising our own errors as themselves (Ray wraps them).
+
+    `context` (request id, user, conversation, trace) is bound in the actor for the call and
+    the work it starts (actors/observe.py), so its log lines and spans join this request's."""
     try:
-        return await getattr(handle, method).remote(*args)
+        return await getattr(handle, method).remote(*args, call_context=context)
     except Exception as exc:
         inner = unwrap(exc)
         if inner is not exc and isinstance(inner, ChatdfError):
@@ -120,4 +126,4 @@ async def call_actor_if_running(settings: Settings, user_id: str, method: str, *
         )
     except ValueError:
         return None
-    return await _remote_call(handle, method, args)
+    return await _remote_call(handle, method, args, call_context(settings))

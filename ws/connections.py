@@ -9,6 +9,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +81,7 @@ class ConnectionManager:
         self._connections: dict[str, set[Connection]] = {}
         self._subscriptions: dict[str, Follower] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self.on_batch: Callable[[list[Stamped]], None] = _ignore  # metrics (api/metrics.py)
 
     # Life of the edge ----------------------------------------------------------------------
 
@@ -105,6 +107,10 @@ class ConnectionManager:
 
     def count(self, user_id: str) -> int:
         return len(self._connections.get(user_id, ()))
+
+    def open_count(self) -> int:
+        """Sockets open on this edge, all users."""
+        return sum(len(conns) for conns in self._connections.values())
 
     def connect(self, user_id: str, websocket: WebSocket, token_hash: str = "") -> Connection:
         """Registers a socket about to be accepted; never waits on the user's actor."""
@@ -292,6 +298,7 @@ class ConnectionManager:
                 batch: list[Stamped] = await ref
                 started = True
                 self._deliver(user_id, follower, batch)
+                self.on_batch(batch)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -314,3 +321,7 @@ class ConnectionManager:
             for conn in list(self._connections.get(user_id, ())):
                 if stamp >= conn.accepted_at:  # nothing from before a socket's accept
                     self.enqueue(conn, text)
+
+
+def _ignore(batch: list[Stamped]) -> None:
+    return None

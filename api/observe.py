@@ -1,0 +1,92 @@
+"""The edge's per-request observability: request id, log context, request metrics, the span.
+
+One ASGI middleware, outermost, so every answer (a 401 or 413 from the inner middlewares too)
+is counted, carries `X-Request-ID`, and logs with the ids. The ids it binds travel to the
+session actor with each call (`call_context`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.metrics import EdgeMetrics, route_template
+from chatdf import logs, tracing
+from chatdf.settings import Settings
+
+REQUEST_ID = "X-Request-ID"
+
+
+def call_context(settings: Settings) -> dict[str, str]:
+    """What a call to the session actor carries: the bound ids and, when tracing, the span."""
+    context = logs.current()
+    if settings.otel_enabled:
+        context.update(tracing.inject())
+    return context
+
+
+class Observe:
+    """Binds a request id (the client's `X-Request-ID` if sane, else a new one) and the path's
+    conversation id, times the request by route template, and answers with the request id."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, metrics: EdgeMetrics | None) -> None:
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        request_id = logs.request_id_from(headers.get(logs.REQUEST_ID_HEADER))
+        route, params = route_template(scope["app"].router.routes, scope)
+        token = logs.bind(request_id=request_id, conversation_id=params.get("conversation_id"))
+        try:
+            if scope["type"] == "websocket":
+                await self.app(scope, receive, send)
+                return
+            await self._http(scope, receive, send, request_id, route, headers)
+        finally:
+            logs.reset(token)
+
+    async def _http(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        route: str,
+        headers: Headers,
+    ) -> None:
+        method = scope["method"]
+        status = 500  # an exception before the answer started
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                MutableHeaders(scope=message)[REQUEST_ID] = request_id
+            await send(message)
+
+        carrier = {"traceparent": headers["traceparent"]} if "traceparent" in headers else None
+        attributes: dict[str, Any] = {
+            "http.request.method": method,
+            "http.route": route,
+            "chatdf.request_id": request_id,
+        }
+        with tracing.span(
+            self.settings, f"{method} {route}", attributes, carrier, kind="SERVER"
+        ) as current:
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                if current is not None:
+                    current.set_attribute("http.response.status_code", status)
+                if self.metrics is not None:
+                    elapsed = time.perf_counter() - started
+                    self.metrics.observe_request(method, route, status, elapsed)
