@@ -105,7 +105,7 @@ def from_edge(method: F) -> F:
 
     # Ray checks call arguments against the signature of the unwrapped method: this one is the
     # method's own, plus the keyword.
-    del call.__wrapped__  # type: ignore[attr-defined]
+    del call.__wrapped__
     signature = inspect.signature(method)
     extra = inspect.Parameter(CONTEXT_ARG, inspect.Parameter.KEYWORD_ONLY, default=None)
     call.__signature__ = signature.replace(  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ or by none.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any, get_args
 
 from fastapi import APIRouter, Request, Response
@@ -28,7 +28,9 @@ from prometheus_client import (
 from chatdf.events import ServerEvent
 
 METRICS_PATH = "/metrics"
-UNMATCHED = "<unmatched>"  # the route label of a path no route serves (404s)
+# The route label of answers no route gave: an unknown path (404), or a middleware's answer
+# before routing (401 not signed in, 413 body too large, a refused CORS preflight).
+UNROUTED = "<unrouted>"
 OTHER = "other"  # the event-type label of a type the contract does not list
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -94,20 +96,10 @@ class EdgeMetrics:
             children.get(event.get("type", OTHER), other).observe(max(0.0, now - stamp))
 
 
-def route_template(
-    routes: Sequence[Any], scope: MutableMapping[str, Any]
-) -> tuple[str, dict[str, Any]]:
-    """The template of the route that serves this request and its path parameters."""
-    from starlette.routing import Match
-
-    partial: tuple[str, dict[str, Any]] | None = None
-    for route in routes:
-        match, child = route.matches(scope)
-        if match == Match.FULL:
-            return str(getattr(route, "path", UNMATCHED)), dict(child.get("path_params", {}))
-        if match == Match.PARTIAL and partial is None:  # the path, another method (405)
-            partial = str(getattr(route, "path", UNMATCHED)), dict(child.get("path_params", {}))
-    return partial or (UNMATCHED, {})
+def route_template(scope: Mapping[str, Any]) -> str:
+    """The template of the route that served a request (FastAPI leaves it in the scope)."""
+    route = scope.get("route")
+    return str(getattr(route, "path", UNROUTED))
 
 
 @router.get(METRICS_PATH, include_in_schema=False)

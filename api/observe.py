@@ -7,6 +7,7 @@ session actor with each call (`call_context`).
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from chatdf import logs, tracing
 from chatdf.settings import Settings
 
 REQUEST_ID = "X-Request-ID"
+CONVERSATION_PATH = re.compile(r"/conversations/([^/]+)")  # the routes' {conversation_id}
 
 
 def call_context(settings: Settings) -> dict[str, str]:
@@ -43,13 +45,15 @@ class Observe:
             return
         headers = Headers(scope=scope)
         request_id = logs.request_id_from(headers.get(logs.REQUEST_ID_HEADER))
-        route, params = route_template(scope["app"].router.routes, scope)
-        token = logs.bind(request_id=request_id, conversation_id=params.get("conversation_id"))
+        conversation = CONVERSATION_PATH.match(scope["path"])
+        token = logs.bind(
+            request_id=request_id, conversation_id=conversation[1] if conversation else None
+        )
         try:
             if scope["type"] == "websocket":
                 await self.app(scope, receive, send)
                 return
-            await self._http(scope, receive, send, request_id, route, headers)
+            await self._http(scope, receive, send, request_id, headers)
         finally:
             logs.reset(token)
 
@@ -59,7 +63,6 @@ class Observe:
         receive: Receive,
         send: Send,
         request_id: str,
-        route: str,
         headers: Headers,
     ) -> None:
         method = scope["method"]
@@ -76,16 +79,16 @@ class Observe:
         carrier = {"traceparent": headers["traceparent"]} if "traceparent" in headers else None
         attributes: dict[str, Any] = {
             "http.request.method": method,
-            "http.route": route,
             "chatdf.request_id": request_id,
         }
-        with tracing.span(
-            self.settings, f"{method} {route}", attributes, carrier, kind="SERVER"
-        ) as current:
+        with tracing.span(self.settings, method, attributes, carrier, kind="SERVER") as current:
             try:
                 await self.app(scope, receive, send_with_id)
             finally:
+                route = route_template(scope)  # known once routed
                 if current is not None:
+                    current.update_name(f"{method} {route}")
+                    current.set_attribute("http.route", route)
                     current.set_attribute("http.response.status_code", status)
                 if self.metrics is not None:
                     elapsed = time.perf_counter() - started
