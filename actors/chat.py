@@ -227,6 +227,7 @@ class ChatRunner:
         with tracing.span(self.settings, "chat.turn", attributes):
             outcome = await self._run_turn(conversation_id, turn, text)
         turn.clock.end(outcome)
+        log.info("turn %s after %.2f s", outcome, turn.clock.elapsed_s())
 
     async def _run_turn(self, conversation_id: str, turn: RunningTurn, text: str) -> str:
         """However the turn ends (answer, stop, error, deadline, a failed save), what it

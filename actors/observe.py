@@ -149,6 +149,9 @@ class PhaseClock:
 
         return emit
 
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
+
     def end(self, outcome: str) -> None:
         self.enter(None)
         found = metrics()
