@@ -96,7 +96,9 @@ def _init_ray(settings: Settings) -> None:
             include_dashboard=False,
             namespace=settings.ray_namespace,
             log_to_driver=False,
+            **metrics.embedded_ray_options(settings),
         )
+        metrics.log_ray_metrics_port()
 
 
 def node_slots(settings: Settings) -> dict[str, float]:

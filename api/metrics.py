@@ -11,6 +11,7 @@ or by none.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, get_args
@@ -26,6 +27,9 @@ from prometheus_client import (
 )
 
 from chatdf.events import ServerEvent
+from chatdf.settings import Settings
+
+log = logging.getLogger(__name__)
 
 METRICS_PATH = "/metrics"
 # The route label of answers no route gave: an unknown path (404), or a middleware's answer
@@ -100,6 +104,22 @@ def route_template(scope: Mapping[str, Any]) -> str:
     """The template of the route that served a request (FastAPI leaves it in the scope)."""
     route = scope.get("route")
     return str(getattr(route, "path", UNROUTED))
+
+
+def embedded_ray_options(settings: Settings) -> dict[str, Any]:
+    """RAY_METRICS_EXPORT_PORT for the embedded Ray (its node's Prometheus port)."""
+    port = settings.ray_metrics_export_port
+    return {} if port is None else {"_metrics_export_port": port}
+
+
+def log_ray_metrics_port() -> None:
+    """Says where the embedded node exports Ray's metrics (the session actors' and tasks')."""
+    import ray
+
+    nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    for node in nodes:
+        address, port = node.get("NodeManagerAddress"), node.get("MetricsExportPort")
+        log.info("Ray metrics (session actors, tasks): http://%s:%s/metrics", address, port)
 
 
 @router.get(METRICS_PATH, include_in_schema=False)

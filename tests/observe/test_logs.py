@@ -73,9 +73,12 @@ def test_request_ids_are_checked() -> None:
 
 
 @pytest.fixture
-def json_serve(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
-    """`chatdf serve` with LOG_FORMAT=json, its output (stdout and stderr) in one file."""
-    port = free_port()
+def json_serve(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[bytes], int]]:
+    """`chatdf serve` with LOG_FORMAT=json, its output (stdout and stderr) in one file, and
+    its embedded Ray's metrics on a port of our choosing."""
+    port = ray_port = free_port()
+    while ray_port == port:  # a port just closed can be handed out again
+        ray_port = free_port()
     log = tmp_path / "serve.log"
     dropped = ("RAY_ADDRESS", "DATABASE_URL", "RAY_AUTH_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
@@ -85,6 +88,8 @@ def json_serve(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[byt
         RAY_NAMESPACE="chatdf-json-log-test",
         LOG_LEVEL="INFO",
         LOG_FORMAT="json",
+        HEARTBEAT_INTERVAL="0.5",
+        RAY_METRICS_EXPORT_PORT=str(ray_port),
     )
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -105,7 +110,7 @@ def json_serve(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[byt
 
     try:
         assert wait_until(up, limit_s=90), log.read_text()
-        yield url, log, proc
+        yield url, log, proc, ray_port
     finally:
         proc.terminate()
         try:
@@ -123,16 +128,26 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
-def test_served_json_logs_carry_request_and_user_ids_and_no_token(
-    json_serve: tuple[str, Path, subprocess.Popen[bytes]],
+def test_served_json_logs_carry_ids_and_no_token_and_ray_metrics_port(
+    json_serve: tuple[str, Path, subprocess.Popen[bytes], int],
 ) -> None:
-    url, log, proc = json_serve
+    url, log, proc, ray_port = json_serve
     login = httpx.post(f"{url}/auth/dev-login", json={})
     token, user_id = login.json()["token"], login.json()["user"]["user_id"]
     auth = {"Authorization": f"Bearer {token}", "X-Request-ID": "json-log-test-1"}
     assert httpx.get(f"{url}/conversations", headers=auth).status_code == 200
     with connect(f"ws://{url.removeprefix('http://')}/ws?token={token}") as ws:
         assert json.loads(ws.recv(timeout=30))["type"] == "ping"
+        conv = httpx.post(f"{url}/conversations", headers=auth).json()["id"]
+        sample = {"url": f"{url}/samples/sales.parquet"}
+        added = httpx.post(f"{url}/conversations/{conv}/datasets", headers=auth, json=sample)
+        assert added.status_code == 201, added.text
+        while json.loads(ws.recv(timeout=60))["type"] != "dataset_loaded":
+            pass
+    # The session actor's metrics, on the port RAY_METRICS_EXPORT_PORT gave the embedded Ray.
+    ray_metrics = f"http://127.0.0.1:{ray_port}/metrics"
+    loads = "ray_chatdf_dataset_load_duration_seconds_count"
+    assert wait_until(lambda: loads in httpx.get(ray_metrics, timeout=10).text, limit_s=60)
     proc.terminate()
     proc.wait(timeout=60)
     text = log.read_text()
@@ -149,6 +164,8 @@ def test_served_json_logs_carry_request_and_user_ids_and_no_token(
     assert any(line.get("logger") == "uvicorn.error" for line in lines)  # uvicorn's too
     ours = [line for line in text.splitlines() if "Application startup complete" in line]
     assert ours and all(line.startswith("{") for line in ours)
+    said = [line["message"] for line in lines if line.get("logger") == "api.metrics"]
+    assert said == [f"Ray metrics (session actors, tasks): http://127.0.0.1:{ray_port}/metrics"]
 
 
 @pytest.fixture
