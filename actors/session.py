@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import sys
 import time
@@ -65,7 +66,11 @@ class SessionActor:
         Every caller waits for the same start-up, so no call runs on a half-loaded budget.
         """
         if self._startup is None:
-            self._startup = asyncio.get_running_loop().create_task(self._start())
+            # A fresh context: the actor's own background tasks must not carry the log ids
+            # (or the trace) of the call that happened to start it.
+            self._startup = asyncio.get_running_loop().create_task(
+                self._start(), context=contextvars.Context()
+            )
         try:
             await asyncio.shield(self._startup)
         except Exception:  # not CancelledError (a BaseException): a cancelled caller leaves it

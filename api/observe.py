@@ -40,7 +40,9 @@ class Observe:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
+        if scope["type"] != "http":
+            # A socket lives for hours and starts the user's event follower: ids bound here
+            # would stick to that follower's lines for every later socket.
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
@@ -50,9 +52,6 @@ class Observe:
             request_id=request_id, conversation_id=conversation[1] if conversation else None
         )
         try:
-            if scope["type"] == "websocket":
-                await self.app(scope, receive, send)
-                return
             await self._http(scope, receive, send, request_id, headers)
         finally:
             logs.reset(token)
