@@ -92,7 +92,7 @@ async def call_actor(settings: Settings, user_id: str, method: str, *args: Any) 
     for attempt in range(2):
         handle = await asyncio.to_thread(get_session_actor, user_id, settings)
         try:
-            return await _remote_call(handle, method, args, call_context(settings))
+            return await _remote_call(handle, method, args)
         except Exception as exc:
             if attempt == 0 and type(exc).__name__ in ("ActorDiedError", "RayActorError"):
                 continue
@@ -100,15 +100,13 @@ async def call_actor(settings: Settings, user_id: str, method: str, *args: Any) 
     raise AssertionError("unreachable")
 
 
-async def _remote_call(
-    handle: Any, method: str, args: tuple[Any, ...], context: dict[str, str]
-) -> Any:
+async def _remote_call(handle: Any, method: str, args: tuple[Any, ...]) -> Any:
     """Awaits an actor method, re-raising our own errors as themselves (Ray wraps them).
 
-    `context` (request id, user, conversation, trace) is bound in the actor for the call and
-    the work it starts (actors/observe.py), so its log lines and spans join this request's."""
+    The call carries this request's context (ids, trace), bound in the actor for the call and
+    the work it starts (actors/observe.py): its log lines and spans join this request's."""
     try:
-        return await getattr(handle, method).remote(*args, call_context=context)
+        return await getattr(handle, method).remote(*args, call_context=call_context())
     except Exception as exc:
         inner = unwrap(exc)
         if inner is not exc and isinstance(inner, ChatdfError):
@@ -126,4 +124,4 @@ async def call_actor_if_running(settings: Settings, user_id: str, method: str, *
         )
     except ValueError:
         return None
-    return await _remote_call(handle, method, args, call_context(settings))
+    return await _remote_call(handle, method, args)

@@ -22,10 +22,11 @@ REQUEST_ID = "X-Request-ID"
 CONVERSATION_PATH = re.compile(r"/conversations/([^/]+)")  # the routes' {conversation_id}
 
 
-def call_context(settings: Settings) -> dict[str, str]:
-    """What a call to the session actor carries: the bound ids and, when tracing, the span."""
+def call_context() -> dict[str, str]:
+    """What a call to the session actor carries: the bound ids and, when this process traces,
+    the current span."""
     context = logs.current()
-    if settings.otel_enabled:
+    if tracing.in_use():
         context.update(tracing.inject())
     return context
 

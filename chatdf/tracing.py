@@ -59,6 +59,11 @@ def _build(endpoint: str, service: str) -> Any:
     return provider.get_tracer("chatdf")
 
 
+def in_use() -> bool:
+    """Whether this process has built a tracer (so a current span may exist to pass on)."""
+    return bool(_tracers)
+
+
 def flush() -> None:
     """Exports every finished span now (at shutdown, so the last ones are not lost)."""
     for provider in list(_providers):
