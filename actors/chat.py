@@ -6,15 +6,15 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from actors import llm
+from actors import llm, observe
 from actors.budget import TokenBudget
 from actors.datasets import DatasetLoader
 from actors.llm import ModelClient, make_client, not_configured
 from actors.turn import Turn
-from chatdf import events, schemas
+from chatdf import events, logs, schemas, tracing
 from chatdf.db import Database, Message, new_id, utcnow
 from chatdf.errors import (
     BadRequest,
@@ -52,6 +52,7 @@ class RunningTurn:
     task: asyncio.Task[None] | None = None
     started: bool = False
     stop_requested: bool = False
+    clock: observe.PhaseClock = field(default_factory=observe.PhaseClock)
 
 
 def _partial(runner: Turn | None) -> Mapping[str, Any]:
@@ -97,11 +98,13 @@ class ChatRunner:
             )
         if self.budget.is_exceeded():
             await self.publish(self.budget.exceeded_event(conversation_id).wire())
+            observe.budget_refused("exceeded")
             self.budget.check()
         # Each running turn holds an estimate of what it will spend, so a user near the limit
         # cannot start many turns at once (docs/budgets.md: the bound on overshoot).
         reserved = len(self._turns) * self.settings.turn_token_reserve
         if self.budget.is_exceeded(reserved):
+            observe.budget_refused("reserved")
             raise TooManyRequests(
                 "The answers already running may use the rest of your daily token budget; "
                 "wait for one to finish",
@@ -123,7 +126,7 @@ class ChatRunner:
             self._turns.pop(conversation_id, None)
             raise
         queued = events.QueryStatus(conversation_id=conversation_id, phase="queued")
-        await self.publish(queued.wire())
+        await turn.clock.watching(self.publish)(queued.wire())
         turn.task = asyncio.get_running_loop().create_task(self._run(conversation_id, turn, text))
         return {"message_id": turn.message_id, "status": "processing"}
 
@@ -198,13 +201,13 @@ class ChatRunner:
         history, datasets = await asyncio.to_thread(self._context, conversation_id)
         return Turn(
             settings=self.settings,
-            llm=self.llm(),
+            llm=observe.traced_model(self.llm(), self.settings),
             conversation_id=conversation_id,
             message_id=turn.message_id,
             history=history[:-1],  # the last one is the message this turn answers
             datasets=datasets,
             user_content=text,
-            emit=self.publish,
+            emit=turn.clock.watching(self.publish),
             run_sql=self._tool_query,
             load_dataset=lambda url: self.datasets.add_and_wait(conversation_id, url),
             record_usage=lambda i, o: self._record_usage(conversation_id, i, o),
@@ -218,9 +221,24 @@ class ChatRunner:
         return self._llm
 
     async def _run(self, conversation_id: str, turn: RunningTurn, text: str) -> None:
+        """The turn's task: its log lines carry its ids, its span (when tracing) holds the
+        model calls and SQL, its duration and outcome are recorded."""
+        logs.bind(conversation_id=conversation_id, message_id=turn.message_id)  # this task's
+        attributes = {
+            "chatdf.conversation_id": conversation_id,
+            "chatdf.message_id": turn.message_id,
+        }
+        with tracing.span(self.settings, "chat.turn", attributes):
+            outcome = await self._run_turn(conversation_id, turn, text)
+        turn.clock.end(outcome)
+        log.info("turn %s after %.2f s", outcome, turn.clock.elapsed_s())
+
+    async def _run_turn(self, conversation_id: str, turn: RunningTurn, text: str) -> str:
         """However the turn ends (answer, stop, error, deadline, a failed save), what it
-        produced is saved if it can be, and exactly one chat_complete or chat_error goes out."""
+        produced is saved if it can be, and exactly one chat_complete or chat_error goes out.
+        Returns the outcome: complete, stopped or error."""
         turn.started = True
+        stopped = False
         runner: Turn | None = None
         error: ChatdfError | None = None
         result: Mapping[str, Any] | None = None
@@ -231,7 +249,7 @@ class ChatRunner:
             async with asyncio.timeout(self.settings.turn_timeout_s):
                 result = await runner.run()
         except asyncio.CancelledError:
-            pass  # stopped: the partial answer is saved below
+            stopped = True  # the partial answer is saved below
         except TimeoutError:
             error = ChatdfError(TURN_TIMED_OUT.format(seconds=f"{self.settings.turn_timeout_s:g}"))
         except ChatdfError as exc:
@@ -249,6 +267,7 @@ class ChatRunner:
         finally:
             self._turns.pop(conversation_id, None)
         await self._report(conversation_id, turn.message_id, saved, error)
+        return "error" if error is not None else "stopped" if stopped else "complete"
 
     async def _report(
         self,
@@ -280,6 +299,7 @@ class ChatRunner:
             await self.publish(self.budget.warning_event(conversation_id).wire())
 
     async def _record_usage(self, conversation_id: str, inp: int, out: int) -> None:
+        observe.model_tokens(self.settings.gemini_model, inp, out)
         await asyncio.to_thread(self.budget.record, inp, out, conversation_id)
 
     async def _save_answer(

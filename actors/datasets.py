@@ -15,6 +15,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from actors.fetch import DatasetUnreachable
+from actors.observe import dataset_load
 from chatdf import events, schemas
 from chatdf.db import Conversation, Database, Dataset, utcnow
 from chatdf.errors import (
@@ -191,23 +192,24 @@ class DatasetLoader:
     async def _inspect(self, url: str) -> dict[str, Any]:
         from actors.tasks import LOAD_SLOT, load_dataset_task, slot_options
 
-        ref = load_dataset_task.options(**slot_options(LOAD_SLOT)).remote(
-            url, self.settings.for_tasks()
-        )
-        try:
-            result: dict[str, Any] = await asyncio.wait_for(
-                ref, timeout=self.settings.dataset_total_timeout_s + 5
+        with dataset_load(self.settings):  # duration by outcome; a span when tracing
+            ref = load_dataset_task.options(**slot_options(LOAD_SLOT)).remote(
+                url, self.settings.for_tasks()
             )
-        except TimeoutError:
-            _cancel(ref)
-            raise DatasetError(
-                f"Loading the dataset took longer than "
-                f"{self.settings.dataset_total_timeout_s:g} seconds"
-            ) from None
-        except asyncio.CancelledError:
-            _cancel(ref)
-            raise
-        return result
+            try:
+                result: dict[str, Any] = await asyncio.wait_for(
+                    ref, timeout=self.settings.dataset_total_timeout_s + 5
+                )
+            except TimeoutError:
+                _cancel(ref)
+                raise DatasetError(
+                    f"Loading the dataset took longer than "
+                    f"{self.settings.dataset_total_timeout_s:g} seconds"
+                ) from None
+            except asyncio.CancelledError:
+                _cancel(ref)
+                raise
+            return result
 
     async def _load(self, conversation_id: str, dataset: dict[str, Any]) -> dict[str, Any]:
         dataset_id = dataset["id"]

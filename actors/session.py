@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import sys
 import time
@@ -18,6 +19,7 @@ from actors.datasets import DatasetLoader
 from actors.edges import notify_edges, watch_edge
 from actors.fanout import Event, Fanout, Stamped
 from actors.llm import import_provider
+from actors.observe import from_edge, start_process
 from chatdf.db import Database
 from chatdf.settings import Settings
 
@@ -51,6 +53,7 @@ class SessionActor:
     ) -> None:
         self.settings = settings
         self.clock = clock
+        start_process(settings)  # LOG_FORMAT=json in this process (actors/observe.py)
         self.db = Database(
             settings.resolved_database_url,
             busy_timeout_s=settings.database_busy_timeout_s,
@@ -138,7 +141,11 @@ class SessionActor:
         """
         self._bound_user()
         if self._startup is None:
-            self._startup = asyncio.get_running_loop().create_task(self._start())
+            # A fresh context: the actor's own background tasks must not carry the log ids
+            # (or the trace) of the call that happened to start it.
+            self._startup = asyncio.get_running_loop().create_task(
+                self._start(), context=contextvars.Context()
+            )
         try:
             await asyncio.shield(self._startup)
         except Exception:  # not CancelledError (a BaseException): a cancelled caller leaves it
@@ -259,11 +266,13 @@ class SessionActor:
 
     # Datasets ----------------------------------------------------------------------------
 
+    @from_edge
     async def add_dataset(self, conversation_id: str, url: str) -> dict[str, Any]:
         await self.ready()
         self._touch()
         return await self.datasets.add(conversation_id, url)
 
+    @from_edge
     async def refresh_dataset(self, conversation_id: str, dataset_id: str) -> dict[str, Any]:
         await self.ready()
         self._touch()
@@ -271,29 +280,35 @@ class SessionActor:
 
     # Chat --------------------------------------------------------------------------------
 
+    @from_edge
     async def post_message(self, conversation_id: str, content: str) -> dict[str, Any]:
         await self.ready()
         self._touch()
         return await self.chat.post(conversation_id, content)
 
+    @from_edge
     async def stop(self, conversation_id: str) -> bool:
         self._touch()
         return await self.chat.stop(conversation_id)
 
+    @from_edge
     async def forget_conversation(self, conversation_id: str) -> None:
         """Cancels work on a conversation that is being deleted."""
         await self.chat.stop(conversation_id)
         self.datasets.cancel_conversation(conversation_id)
 
+    @from_edge
     async def forget_dataset(self, dataset_id: str) -> bool:
         """Cancels the load of a dataset that is being deleted (False: none was running)."""
         return self.datasets.cancel_load(dataset_id)
 
+    @from_edge
     async def query(self, conversation_id: str, sql: str) -> dict[str, Any]:
         await self.ready()
         self._touch()
         return await self.chat.query(conversation_id, sql)
 
+    @from_edge
     async def usage(self) -> dict[str, Any]:
         await self.ready()
         self._touch()

@@ -18,6 +18,8 @@ from typing import Any
 import ray
 from ray.exceptions import OutOfMemoryError, RayError, TaskCancelledError, WorkerCrashedError
 
+from actors.observe import sql_run
+from chatdf import tracing
 from chatdf.errors import ChatdfError, SqlFailed
 from chatdf.settings import Settings
 
@@ -35,15 +37,19 @@ def load_dataset(url: str, settings: Settings) -> dict[str, Any]:
 
 
 def sql_task(
-    sql: str, tables: list[dict[str, Any]], settings: Settings
+    sql: str,
+    tables: list[dict[str, Any]],
+    settings: Settings,
+    trace: dict[str, str] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Run SQL inside a worker (`actors.sql_task.stream_sql`): the rows first, then the count.
 
-    Named so that its worker process shows as `ray::sql_task`.
+    Named so that its worker process shows as `ray::sql_task`. `trace`: the caller's span
+    (OTEL_ENABLED), the parent of this run's.
     """
     from actors.sql_task import stream_sql
 
-    with _portable_errors():
+    with _portable_errors(), tracing.span(settings, "sql.execute", carrier=trace):
         yield from stream_sql(sql, tables, settings)
 
 
@@ -137,15 +143,17 @@ async def run_sql(sql: str, tables: list[dict[str, Any]], settings: Settings) ->
     the task, before it reads anything: the session actor imports no SQL parser (≈ 8 MB and a
     first-query import per actor), and a refusal costs one call to a warm worker.
     """
-    async with _user_query_slots(settings):  # QUERY_MAX_CONCURRENT_PER_USER
-        return await _run_task(sql, tables, settings)
+    with sql_run(settings):  # duration, outcome, failures; a span when tracing
+        async with _user_query_slots(settings):  # QUERY_MAX_CONCURRENT_PER_USER
+            return await _run_task(sql, tables, settings)
 
 
 async def _run_task(sql: str, tables: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
     """Submit, wait for a node's query slot (bounded), then run within QUERY_TIMEOUT_S: the
     time limit starts when the query starts, so waiting for a slot never eats it."""
     options = {"memory": settings.query_memory_bytes, **slot_options(QUERY_SLOT)}
-    task = run_sql_task.options(**options).remote(sql, tables, settings.for_tasks())
+    trace = tracing.inject() if settings.otel_enabled else None
+    task = run_sql_task.options(**options).remote(sql, tables, settings.for_tasks(), trace)
     loop = asyncio.get_running_loop()
     started = False
     try:

@@ -24,10 +24,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors.spares import Sessions, SparePool
 from actors.tasks import warm_task_workers
-from api import auth, chat, contracts, conversations, datasets, embedded_ray, health, usage
+from api import (
+    auth,
+    chat,
+    contracts,
+    conversations,
+    datasets,
+    embedded_ray,
+    health,
+    metrics,
+    usage,
+)
 from api.deps import COOKIE_NAME, NOT_SIGNED_IN, authenticate, token_from
 from api.errors import DATABASE_UNAVAILABLE, error_response, install_error_handlers
+from api.observe import REQUEST_ID, Observe
 from api.shutdown import AnswerWhenCutOff
+from chatdf import logs, tracing
 from chatdf.db import Database, Dataset, utcnow
 from chatdf.settings import SAMPLE_PATH, Settings
 from ws.connections import ConnectionManager
@@ -53,6 +65,7 @@ PUBLIC_PATHS = frozenset(
         "/redoc",
         "/openapi.json",
         contracts.ASYNCAPI_PATH,
+        metrics.METRICS_PATH,  # counts only; METRICS_ENABLED=false removes it (observability.md)
     }
 )
 
@@ -103,7 +116,9 @@ def _init_ray(settings: Settings) -> None:
             include_dashboard=False,
             namespace=settings.ray_namespace,
             log_to_driver=False,
+            **metrics.embedded_ray_options(settings),
         )
+        metrics.log_ray_metrics_port()
 
 
 def node_slots(settings: Settings) -> dict[str, float]:
@@ -208,6 +223,7 @@ class AuthFirst:
                 await error_response(401, NOT_SIGNED_IN)(scope, receive, send)
                 return
             scope.setdefault("state", {})["auth_user"] = user
+            logs.bind(user_id=user.id)  # this request's log lines (Observe resets the context)
             if source == "cookie":
                 send = self._renewing_cookie(send, token)
         await self.app(scope, receive, send)
@@ -284,6 +300,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     spares.start()
     warming = asyncio.create_task(_warm_task_workers(spares, settings.warm_task_workers))
     app.state.sessions = Sessions(settings, spares)
+    if app.state.metrics is not None:
+        app.state.metrics.attach(manager)
+        manager.on_batch = app.state.metrics.observe_delivery
     watch = asyncio.create_task(watch_sessions(manager, db, settings.session_check_interval_s))
     try:
         yield
@@ -293,6 +312,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await spares.close()
         await manager.close_all()
         db.dispose()
+        tracing.flush()
         if started_ray:
             embedded_ray.stop()
 
@@ -310,6 +330,7 @@ def create_app(settings: Settings) -> FastAPI:
         default_response_class=JSONResponse,
     )
     app.state.settings = settings
+    app.state.metrics = metrics.EdgeMetrics() if settings.metrics_enabled else None
     install_error_handlers(app)
     app.add_middleware(AuthFirst, settings=settings)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
@@ -322,9 +343,13 @@ def create_app(settings: Settings) -> FastAPI:
         allow_credentials=True,
         allow_methods=["*"],
         allow_headers=["*"],
+        expose_headers=[REQUEST_ID],
     )
+    app.add_middleware(Observe, settings=settings, metrics=app.state.metrics)  # outermost
 
     for module in (health, auth, conversations, datasets, chat, usage, contracts):
         app.include_router(module.router)
     app.include_router(ws_router)
+    if settings.metrics_enabled:
+        app.include_router(metrics.router)
     return app

@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 
 from pydantic import ValidationError
 
+from chatdf import logs
+from chatdf.logs import TOKEN_IN_TEXT, RedactTokens
 from chatdf.settings import Settings, get_settings
 
-TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE)
-
-
-class RedactTokens(logging.Filter):
-    """Keeps session tokens out of every log line (uvicorn logs the query string)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "token=" in message.lower():
-            record.msg = TOKEN_IN_TEXT.sub(r"\1[redacted]", message)
-            record.args = None
-        return True
+__all__ = ["TOKEN_IN_TEXT", "RedactTokens", "main"]
 
 
 def install_redaction() -> None:
@@ -38,8 +28,10 @@ def serve(settings: Settings) -> None:
     from api.app import create_app
     from ws.protocol import uvicorn_ws_options
 
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    logs.configure(settings.log_format, settings.log_level)  # stderr, human or JSON lines
     install_redaction()
+    # JSON: uvicorn's own lines (start-up, access log) go through the root handler too.
+    uvicorn_logging = {"log_config": None} if settings.log_format == "json" else {}
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
@@ -50,6 +42,7 @@ def serve(settings: Settings) -> None:
         # Requests still waiting (on a session start, a slow query) are cut off after this at
         # SIGTERM, so a service manager's stop never hangs on them.
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        **uvicorn_logging,  # type: ignore[arg-type]
     )
     server = uvicorn.Server(config)
     install_redaction()  # uvicorn configures its loggers in Config(); filter them after

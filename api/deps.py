@@ -9,6 +9,7 @@ from fastapi import Depends, Request, WebSocket
 
 from actors.spares import Sessions
 from api.errors import unwrap
+from api.observe import call_context
 from chatdf.db import Database
 from chatdf.errors import ChatdfError, Unauthorized
 from chatdf.settings import Settings
@@ -107,9 +108,12 @@ async def call_actor(sessions: Sessions, user_id: str, method: str, *args: Any) 
 
 
 async def _remote_call(handle: Any, method: str, args: tuple[Any, ...]) -> Any:
-    """Awaits an actor method, re-raising our own errors as themselves (Ray wraps them)."""
+    """Awaits an actor method, re-raising our own errors as themselves (Ray wraps them).
+
+    The call carries this request's context (ids, trace), bound in the actor for the call and
+    the work it starts (actors/observe.py): its log lines and spans join this request's."""
     try:
-        return await getattr(handle, method).remote(*args)
+        return await getattr(handle, method).remote(*args, call_context=call_context())
     except Exception as exc:
         inner = unwrap(exc)
         if inner is not exc and isinstance(inner, ChatdfError):

@@ -141,6 +141,14 @@ class Settings(BaseSettings):
 
     # Misc
     log_level: str = "INFO"
+
+    # Observability (docs/observability.md)
+    log_format: Literal["human", "json"] = "human"  # json: one object a line, with the ids
+    metrics_enabled: bool = True  # GET /metrics on each edge (counts only, no session needed)
+    otel_enabled: bool = False  # OpenTelemetry traces of requests and turns, over OTLP/HTTP
+    otel_exporter_otlp_endpoint: str = ""  # the standard variable; empty: http://localhost:4318
+    otel_service_name: str = "chatdf"
+    ray_metrics_export_port: int | None = None  # embedded Ray's metrics port; None: a free one
     public_url: str = ""  # how clients reach this server; empty: http://HOST:PORT
 
     @property

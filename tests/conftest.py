@@ -30,7 +30,8 @@ def ray_session() -> Iterator[None]:
         embedded_ray.start(
             num_cpus=4,
             resources=node_slots(Settings()),
-            _system_config=node_system_config(Settings()),
+            # Ray exports metrics every 10 s by default; the metrics tests wait for them.
+            _system_config={**node_system_config(Settings()), "metrics_report_interval_ms": 500},
             include_dashboard=False,
             namespace="chatdf-tests",
             log_to_driver=False,

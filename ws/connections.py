@@ -9,6 +9,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +84,7 @@ class ConnectionManager:
         self._subscriptions: dict[str, Follower] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._lookups = ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="actor-lookup")
+        self.on_batch: Callable[[list[Stamped]], None] = _ignore  # metrics (api/metrics.py)
 
     # Life of the edge ----------------------------------------------------------------------
 
@@ -109,6 +111,10 @@ class ConnectionManager:
 
     def count(self, user_id: str) -> int:
         return len(self._connections.get(user_id, ()))
+
+    def open_count(self) -> int:
+        """Sockets open on this edge, all users."""
+        return sum(len(conns) for conns in self._connections.values())
 
     def connect(self, user_id: str, websocket: WebSocket, token_hash: str = "") -> Connection:
         """Registers a socket about to be accepted; never waits on the user's actor."""
@@ -300,6 +306,7 @@ class ConnectionManager:
                 batch: list[Stamped] = await ref
                 started = True
                 self._deliver(user_id, follower, batch)
+                self.on_batch(batch)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -322,3 +329,7 @@ class ConnectionManager:
             for conn in list(self._connections.get(user_id, ())):
                 if stamp >= conn.accepted_at:  # nothing from before a socket's accept
                     self.enqueue(conn, text)
+
+
+def _ignore(batch: list[Stamped]) -> None:
+    return None
