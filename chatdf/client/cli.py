@@ -61,7 +61,7 @@ class Printer:
         self.rows = max(rows, 0)
         self.out, self.err = out, err
         self.console = Console(file=out, highlight=False)
-        self.notes = Console(file=err, highlight=False, style="dim")
+        self.notes = Console(file=err, highlight=False, style="dim", soft_wrap=True)
 
     def event(self, event: ServerEvent) -> None:
         if self.as_json:
@@ -102,7 +102,8 @@ class Printer:
         if answer.usage is not None:
             u = answer.usage
             self.notes.print(
-                f"{answer.token_count} tokens · {u.usage_percent:.1f} % of the 24-hour budget used"
+                f"{answer.token_count} tokens · {u.remaining:,} of {u.token_limit:,} left in the "
+                f"24-hour budget ({u.usage_percent:.1f} % used)"
             )
 
     def table(self, result: QueryResult) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
@@ -34,11 +35,14 @@ class _LoopThread:
         )
         self.thread.start()
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         if threading.current_thread() is self.thread:
             coro.close()
             raise RuntimeError("a sync chatdf Client cannot be used from its own loop thread")
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.submit(coro).result()
 
     def close(self) -> None:
         if self.loop.is_closed():
@@ -54,15 +58,28 @@ class Turn:
     def __init__(self, loop: _LoopThread, turn: AsyncTurn) -> None:
         self._loop = loop
         self._turn = turn
+        # The step in flight: Ctrl-C interrupts the wait, not the step, so the next call
+        # (after `stop()`, say) waits on the same one instead of starting a second.
+        self._step: concurrent.futures.Future[ServerEvent] | None = None
 
     def __iter__(self) -> Iterator[ServerEvent]:
         return self
 
     def __next__(self) -> ServerEvent:
+        if self._step is None:
+            self._step = self._loop.submit(_next(self._turn))
         try:
-            return self._loop.run(_next(self._turn))
+            event = self._step.result()
         except StopAsyncIteration:
+            self._step = None
             raise StopIteration from None
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            self._step = None
+            raise
+        self._step = None
+        return event
 
     def result(self) -> Answer:
         return self._loop.run(self._turn.result())
