@@ -102,6 +102,7 @@ class AsyncTurn:
         self.message_id: str | None = None
         self.answer: Answer | None = None
         self._gen: AsyncGenerator[ServerEvent, None] | None = None
+        self._failure: ChatdfClientError | None = None
 
     def __aiter__(self) -> AsyncTurn:
         return self
@@ -109,13 +110,21 @@ class AsyncTurn:
     async def __anext__(self) -> ServerEvent:
         if self._gen is None:
             self._gen = self._run()
-        return await self._gen.__anext__()
+        try:
+            return await self._gen.__anext__()
+        except ChatdfClientError as exc:
+            self._failure = exc
+            raise
 
     async def result(self) -> Answer:
-        """Runs the turn to its end (the events not yet read are dropped) and returns its Answer."""
+        """Runs the turn to its end (the events not yet read are dropped) and returns its Answer;
+        raises what ended it otherwise, every time it is asked."""
         async for _ in self:
             pass
-        assert self.answer is not None
+        if self._failure is not None:
+            raise self._failure
+        if self.answer is None:
+            raise ChatdfClientError("The turn was closed before it ended")
         return self.answer
 
     def __await__(self) -> Generator[Any, None, Answer]:

@@ -95,6 +95,9 @@ async def test_chat_error_raises_turn_failed_with_the_events_sentence(served: Se
         with pytest.raises(TurnFailed) as failed:
             async for event in turn:
                 seen.append(event)
+        with pytest.raises(TurnFailed) as again:  # asking the ended turn again says the same
+            await turn
+    assert again.value is failed.value
     error = seen[-1]
     assert isinstance(error, ChatError)
     assert failed.value.error == error.error and failed.value.error
