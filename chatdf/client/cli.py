@@ -159,6 +159,8 @@ def ask(
 def lines(stdin: TextIO) -> Iterator[str]:
     """The interactive mode's input; a prompt only when a person is typing."""
     prompt = "chatdf> " if stdin.isatty() else ""
+    if prompt:
+        import readline  # noqa: F401 - line editing and history for input()
     while True:
         try:
             line = input(prompt) if prompt else stdin.readline()
