@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import re
 from typing import Any, get_args
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -15,6 +17,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from chatdf.client.errors import ConnectionFailed, NotSignedIn, ProtocolError
 from chatdf.events import Ping, ServerEvent, server_event_adapter
 
+TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE)
 CLOSE_UNAUTHORIZED = 4001  # the contract's close code for a missing, unknown or expired token
 MAX_FRAME_BYTES = 16 * 1024 * 1024  # a chat_complete carries the whole answer
 PONG = json.dumps({"type": "pong"})
@@ -26,6 +29,20 @@ def _event_types() -> frozenset[str]:
 
 
 KNOWN_TYPES = _event_types()
+
+
+class _RedactTokens(logging.Filter):
+    """websockets logs the request line at DEBUG, and the token rides in its query string."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message.lower():
+            record.msg, record.args = TOKEN_IN_TEXT.sub(r"\1[redacted]", message), None
+        return True
+
+
+socket_log = logging.getLogger("chatdf.client.socket")
+socket_log.addFilter(_RedactTokens())
 
 
 class SocketDropped(ConnectionFailed):
@@ -65,7 +82,10 @@ class EventSocket:
     async def open(self) -> EventSocket:
         try:
             self._ws = await connect(
-                self._url, open_timeout=self._open_timeout_s, max_size=MAX_FRAME_BYTES
+                self._url,
+                open_timeout=self._open_timeout_s,
+                max_size=MAX_FRAME_BYTES,
+                logger=socket_log,
             )
         except InvalidStatus as exc:
             code = exc.response.status_code

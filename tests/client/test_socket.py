@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -75,3 +76,16 @@ async def test_an_unreachable_server_is_a_drop() -> None:
 def test_ws_url_of_keeps_a_path_prefix_and_secures_https() -> None:
     assert ws_url_of("http://h:8000") == "ws://h:8000/ws"
     assert ws_url_of("https://h/chat/") == "wss://h/chat/ws"
+
+
+async def test_the_token_never_reaches_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(json.dumps(TOKEN))
+
+    caplog.set_level(logging.DEBUG)
+    async for url in scripted(handler):
+        async with EventSocket(url, "s3cret-token") as sock:
+            await sock.next_event()
+    client_lines = [r.getMessage() for r in caplog.records if r.name == "chatdf.client.socket"]
+    assert any("GET /ws?token=[redacted]" in line for line in client_lines), client_lines
+    assert not any("s3cret-token" in line for line in client_lines)  # (the fake server logs it)
