@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ from chatdf.client import (
 from chatdf.events import ChatComplete, ChatError, ChatToken, QueryStatus, ServerEvent
 from tests.client.conftest import SALES_BY_REGION, Served, unique_email
 from tests.client.tcp_proxy import TcpProxy
+from tests.fakes.fake_gemini import Reply
 from tests.live import wait_until
 
 pytestmark = pytest.mark.slow
@@ -176,3 +178,41 @@ def answer_saved(url: str, token: str | None, conv: str) -> None:
         return [m["role"] for m in detail["messages"]] == ["user", "assistant"]
 
     assert wait_until(saved, 60)
+
+
+async def test_a_dropped_socket_reconnects_and_streams_the_rest_of_a_running_turn(
+    served: Served,
+) -> None:
+    """The network drops while the model pauses; the client reconnects at once, re-reads the
+    conversation (no answer yet), and the rest of the turn streams on the new socket."""
+    proxy = TcpProxy(int(served.url.rsplit(":", 1)[1]))
+    try:
+        async with await signed_in(proxy.url) as client:
+            conv = (await client.create_conversation()).id
+            held = served.gemini.script_text("One two three four.", chunks=4, hold_after=1)
+            turn = client.ask(conv, "Count?")
+            tokens: list[str] = []
+            async for event in turn:
+                if isinstance(event, ChatToken):
+                    tokens.append(event.token)
+                    if len(tokens) == 1:
+                        proxy.cut()
+                        release_after_reread(proxy, conv, held)
+    finally:
+        held.release()
+        proxy.close()
+    answer = turn.answer
+    assert answer is not None and not answer.recovered
+    assert "".join(tokens) == answer.text == "One two three four."
+
+
+def release_after_reread(proxy: TcpProxy, conv: str, held: Reply) -> None:
+    """Lets the model go on once the client, reconnected, has its re-read of the conversation
+    (so the turn cannot end before that answer, which would make it a recovered one)."""
+    answered = f'{{"id":"{conv}"'.encode()  # the GET's body; events say "conversation_id"
+
+    def run() -> None:
+        if wait_until(lambda: proxy.passed_since_cut(answered, from_client=False)):
+            held.release()
+
+    threading.Thread(target=run, daemon=True).start()
