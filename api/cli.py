@@ -1,4 +1,5 @@
-"""The `chatdf` command: `serve` runs the edge under uvicorn, `referral-key create` mints keys."""
+"""The `chatdf` command: `serve` runs the edge under uvicorn, `referral-key create` mints keys,
+`chat` asks a running server (chatdf/client/cli.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from pydantic import ValidationError
 
 from chatdf import logs
+from chatdf.client.cli import add_chat_parser, run_chat
 from chatdf.logs import TOKEN_IN_TEXT, RedactTokens
 from chatdf.settings import Settings, get_settings
 
@@ -71,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     ref_sub = ref.add_subparsers(dest="action", required=True)
     create = ref_sub.add_parser("create", help="create single-use referral keys")
     create.add_argument("--count", type=int, default=1, help="how many keys (default 1)")
+    add_chat_parser(sub)  # a client of a running server: chatdf/client/cli.py
     return parser
 
 
@@ -85,6 +88,8 @@ def describe_invalid_settings(invalid: ValidationError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "chat":
+        return run_chat(args)  # a client: the server's settings do not apply
     overrides = {
         k: v
         for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None)))
