@@ -21,6 +21,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import auth, chat, conversations, datasets, embedded_ray, health, usage
+from api.page import STATIC_PREFIX, install_page
 from api.deps import COOKIE_NAME, NOT_SIGNED_IN, authenticate, token_from
 from api.errors import DATABASE_UNAVAILABLE, error_response, install_error_handlers
 from chatdf.db import Database, Dataset, utcnow
@@ -43,8 +44,10 @@ PUBLIC_PATHS = frozenset(
         "/docs/oauth2-redirect",
         "/redoc",
         "/openapi.json",
+        "/",  # the chat page (api/page.py); it signs in itself
     }
 )
+PUBLIC_PREFIXES = (STATIC_PREFIX + "/",)  # the page's script and stylesheet
 
 
 def connect_ray(settings: Settings) -> bool:
@@ -223,6 +226,8 @@ class AuthFirst:
     def _needs_session(scope: Scope) -> bool:
         if scope["method"] == "OPTIONS" or scope["path"] in PUBLIC_PATHS:
             return False
+        if scope["path"].startswith(PUBLIC_PREFIXES):
+            return False
         routes = scope["app"].router.routes
         return any(route.matches(scope)[0] != Match.NONE for route in routes)
 
@@ -280,4 +285,5 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (health, auth, conversations, datasets, chat, usage):
         app.include_router(module.router)
     app.include_router(ws_router)
+    install_page(app)
     return app
