@@ -21,9 +21,9 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import auth, chat, conversations, datasets, embedded_ray, health, usage
-from api.page import STATIC_PREFIX, install_page
 from api.deps import COOKIE_NAME, NOT_SIGNED_IN, authenticate, token_from
 from api.errors import DATABASE_UNAVAILABLE, error_response, install_error_handlers
+from api.page import STATIC_PREFIX, install_page
 from chatdf.db import Database, Dataset, utcnow
 from chatdf.settings import SAMPLE_PATH, Settings
 from ws.connections import ConnectionManager

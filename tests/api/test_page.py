@@ -32,7 +32,10 @@ def test_page_and_assets_are_public_with_a_strict_policy(live: LiveServer) -> No
                 assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
                 assert response.headers["x-content-type-options"] == "nosniff"
         js = anon.get("/static/app.js")
-        assert js.headers["content-type"].split(";")[0] in ("text/javascript", "application/javascript")
+        assert js.headers["content-type"].split(";")[0] in (
+            "text/javascript",
+            "application/javascript",
+        )
         # the REST routes still need a session
         assert anon.get("/conversations").status_code == 401
 
@@ -74,7 +77,9 @@ def test_markup_has_no_inline_code_and_script_builds_no_html() -> None:
     markup.feed((STATIC_DIR / "index.html").read_text())
     assert markup.inline == []
     script = (STATIC_DIR / "app.js").read_text()
-    sinks = re.findall(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|eval\(|new Function", script)
+    sinks = re.findall(
+        r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|eval\(|new Function", script
+    )
     assert sinks == []
 
 
@@ -87,8 +92,12 @@ def test_same_origin_cookie_socket_is_accepted_and_others_refused(live: LiveServ
     with live.ws(None, additional_headers=cookie, origin=own) as ws:
         live.call(live.manager.send_to_user(user_id, {"type": "ping"}))
         assert ws.receive_json()["type"] == "ping"
-    for other in (f"http://127.0.0.1:{live.port + 1}", f"https://127.0.0.1:{live.port}",
-                  "http://evil.example", "null"):
+    for other in (
+        f"http://127.0.0.1:{live.port + 1}",
+        f"https://127.0.0.1:{live.port}",
+        "http://evil.example",
+        "null",
+    ):
         with live.ws(None, additional_headers=cookie, origin=other) as ws:
             assert ws.close_code() == 4001, other
 

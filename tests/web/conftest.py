@@ -134,7 +134,9 @@ def browser() -> Iterator[Any]:
 
     if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
         found = shutil.which("chromium")
-        _no_browser(f"no chromium at {CHROMIUM} ({found or 'none on PATH'}): apt-get install chromium")
+        _no_browser(
+            f"no chromium at {CHROMIUM} ({found or 'none on PATH'}): apt-get install chromium"
+        )
     with sync_playwright() as pw:
         launched = pw.chromium.launch(
             executable_path=CHROMIUM, headless=True, chromium_sandbox=False, args=CHROMIUM_ARGS
@@ -172,9 +174,11 @@ def tab(browser: Any, app: App, tmp_path: Path) -> Iterator[Tab]:
     page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
     page.on(
         "console",
-        lambda msg: errors.append(msg.text)
-        if msg.type == "error" and "Content Security Policy" in msg.text
-        else None,
+        lambda msg: (
+            errors.append(msg.text)
+            if msg.type == "error" and "Content Security Policy" in msg.text
+            else None
+        ),
     )
     page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(payload)))
     shots = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
