@@ -347,6 +347,7 @@ async function renameConversation(event) {
     const renamed = await api("PATCH", `/conversations/${state.current.id}`, { title: $("rename-input").value });
     state.current.title = renamed.title;
     $("rename-form").hidden = true;
+    showError("conversation-error", null);
     renderConversation();
     await loadConversations();
   } catch (err) {

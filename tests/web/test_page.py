@@ -194,10 +194,55 @@ def test_error_sentences_are_shown(tab: Tab, app: App) -> None:
     page.fill("#chat-input", "Hello?")
     page.press("#chat-input", "Enter")
     chat_error = page.locator("#chat-error .error-text")
-    expect(chat_error).not_to_be_empty()
-    sent = [json.loads(f) for f in tab.frames if isinstance(f, str)]
-    errors = [e for e in sent if e.get("type") == "chat_error"]
-    assert errors, [e.get("type") for e in sent]
+    expect(chat_error).to_have_count(1)
+
+    def chat_errors() -> list[dict[str, Any]]:
+        sent = [json.loads(f) for f in tab.frames if isinstance(f, str)]
+        return [e for e in sent if e.get("type") == "chat_error"]
+
+    eventually(chat_errors, "a chat_error event on the socket")
+    errors = chat_errors()
     expect(chat_error).to_have_text(errors[-1]["error"])
     expect(page.locator("#send")).to_be_enabled()
     tab.shot("07-errors")
+
+
+def test_conversations_create_rename_delete_and_sign_out(tab: Tab, app: App) -> None:
+    """The list follows create, rename (a bad title shows its sentence) and delete; signing
+    out returns to the sign-in form and the socket is not reopened."""
+    page = tab.page
+    sign_in(tab, app)
+    new_conversation(tab)
+    new_conversation(tab)
+    items = page.locator("#conversation-list li")
+    expect(items).to_have_count(2)
+
+    page.click("#rename-conversation")
+    page.fill("#rename-input", "   ")
+    page.click("#rename-form button[type=submit]")
+    expect(page.locator("#conversation-error .error-text")).to_have_text(
+        "Title must be between 1 and 100 characters"
+    )
+    page.fill("#rename-input", "Revenue <b>questions</b>")
+    page.click("#rename-form button[type=submit]")
+    expect(page.locator("#conversation-title")).to_have_text("Revenue <b>questions</b>")
+    expect(page.locator("#conversation-title b")).to_have_count(0)  # text, never markup
+    expect(items.first.locator(".title")).to_have_text("Revenue <b>questions</b>")
+    expect(page.locator("#conversation-error .error-text")).to_have_count(0)
+
+    page.click("#delete-conversation")
+    expect(page.locator("#delete-confirm")).to_be_visible()
+    page.click("#delete-yes")
+    expect(items).to_have_count(1)
+    expect(items.first.locator(".title")).to_have_text("New conversation")
+    expect(page.locator("#conversation-title")).to_have_text("New conversation")
+    with app.rest(tab.session_token()) as rest:
+        titles = [c["title"] for c in rest.get("/conversations").json()["conversations"]]
+    assert titles == ["New conversation"]
+
+    page.click("#signout")
+    expect(page.locator("#signin")).to_be_visible()
+    expect(page.locator("body")).to_have_attribute("data-socket", "closed")
+    expect(page.locator("#banner")).to_be_hidden()
+    page.reload()
+    expect(page.locator("#signin")).to_be_visible()  # the cookie is gone
