@@ -3,9 +3,12 @@ built from data, contract error bodies; and its cookie-authenticated socket (sam
 
 from __future__ import annotations
 
+import fnmatch
 import re
+import tomllib
 import uuid
 from html.parser import HTMLParser
+from pathlib import Path
 
 import httpx
 
@@ -116,3 +119,11 @@ def test_public_url_origin_is_accepted(live: LiveServer) -> None:
 def test_unknown_top_level_path_is_still_404(live: LiveServer) -> None:
     r = httpx.get(f"{live.url}/index.html")
     assert r.status_code == 404
+
+
+def test_static_files_are_package_data() -> None:
+    """A non-editable install ships every file of the page (pyproject's package-data)."""
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["api"]
+    for name in STATIC_FILES:
+        assert any(fnmatch.fnmatch(f"static/{name}", p) for p in patterns), name
