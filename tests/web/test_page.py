@@ -17,7 +17,9 @@ from tests.web.conftest import App, Tab, eventually, require_playwright
 
 expect = require_playwright()
 
-pytestmark = [pytest.mark.slow, pytest.mark.browser]
+# The first test also waits for `chatdf serve` to start (its own Ray): more than the default 120 s
+# on a loaded 2-core machine.
+pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.timeout(300)]
 
 QUERY = (
     "SELECT region, ROUND(SUM(revenue), 2) AS revenue FROM table1 "
