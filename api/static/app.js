@@ -404,22 +404,27 @@ function renderMessage(m, runSql) {
   if (m.sql_query) {
     const result = el("div", { class: "result" });
     node.append(el("details", { class: "sql", open: true }, el("summary", {}, "SQL"), el("pre", {}, el("code", {}, m.sql_query))), result);
-    if (state.results.has(m.id)) renderResult(result, state.results.get(m.id));
+    if (state.results.has(m.id)) showResult(result, state.results.get(m.id));
     else if (runSql) runMessageSql(m, result);
     else result.append(el("button", { type: "button", class: "quiet", onclick: () => runMessageSql(m, result) }, "Show the result table"));
   }
   return node;
 }
 
-async function runMessageSql(message, box) {
-  box.replaceChildren(el("p", { class: "hint" }, "Running the SQL…"));
-  let result;
-  try {
-    result = await api("POST", `/conversations/${state.current.id}/query`, { sql: message.sql_query });
-  } catch (err) {
-    result = { error: err };
+function runMessageSql(message, box) {
+  const conversationId = state.current.id;
+  const running = api("POST", `/conversations/${conversationId}/query`, { sql: message.sql_query })
+    .catch((err) => ({ error: err }));
+  state.results.set(message.id, running); // a re-render meanwhile waits on the same run
+  showResult(box, running);
+  running.then((result) => state.results.set(message.id, result));
+}
+
+async function showResult(box, result) {
+  if (result instanceof Promise) {
+    box.replaceChildren(el("p", { class: "hint" }, "Running the SQL…"));
+    result = await result;
   }
-  state.results.set(message.id, result);
   renderResult(box, result);
 }
 
