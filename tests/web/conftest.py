@@ -161,7 +161,7 @@ class Tab:
 
     def session_token(self) -> str:
         cookies = self.page.context.cookies()
-        return next(c["value"] for c in cookies if c["name"] == "session_token")
+        return str(next(c["value"] for c in cookies if c["name"] == "session_token"))
 
 
 @pytest.fixture

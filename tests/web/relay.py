@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Callable
 
 from tests.live import free_port
 
@@ -58,9 +59,9 @@ class Relay:
         self._ready.set()
         self._loop.run_forever()
 
-    def _call(self, fn: object) -> None:
+    def _call(self, fn: Callable[[], None]) -> None:
         async def run() -> None:
-            fn()  # type: ignore[operator]
+            fn()
 
         asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
 
