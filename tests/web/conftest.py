@@ -3,6 +3,7 @@ Debian's chromium driven by Playwright. CI (CHATDF_REQUIRE_BROWSER=1) fails with
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +61,20 @@ class App:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
-    tmp = tmp_path_factory.mktemp("page")
+    """The server with its model pointed at the fake Gemini."""
+    with serve_app(tmp_path_factory.mktemp("page"), with_model=True) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def app_without_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+    """The server as a newcomer first runs it: no model key."""
+    with serve_app(tmp_path_factory.mktemp("page-no-model"), with_model=False) as served:
+        yield served
+
+
+@contextmanager
+def serve_app(tmp: Path, *, with_model: bool) -> Iterator[App]:
     port = free_port()
     relay = Relay(port).start()
     gemini = FakeGemini().start()
@@ -71,12 +86,12 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
         DATA_DIR=str(tmp / "data"),
         RAY_NUM_CPUS="2",
         RAY_NAMESPACE=f"chatdf-page-{uuid.uuid4().hex[:6]}",
-        GEMINI_API_KEY="fake-key",
-        GEMINI_BASE_URL=gemini.base_url,
         LLM_BACKOFF_S="0.01",
         PUBLIC_URL=relay.url,  # as behind a load balancer: the sample is offered under it
         DATASET_ALLOW_PRIVATE_HOSTS="true",  # the fake data server is on loopback
     )
+    if with_model:
+        env.update(GEMINI_API_KEY="fake-key", GEMINI_BASE_URL=gemini.base_url)
     direct = f"http://127.0.0.1:{port}"
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -153,11 +168,26 @@ class Tab:
     shots: Path
     errors: list[str]
     frames: list[str]
+    sockets: list[Any]
 
     def shot(self, name: str) -> Path:
         path = self.shots / f"{name}.png"
         self.page.screenshot(path=str(path))
         return path
+
+    @contextmanager
+    def next_event(self, type_: str) -> Iterator[dict[str, Any]]:
+        """The next event of `type_` on the page's socket, received while the block runs (or
+        within the default timeout after it): a wait on the frame itself, not a poll."""
+        socket = self.page.wait_for_event("websocket") if not self.sockets else self.sockets[-1]
+
+        def wanted(payload: str | bytes) -> bool:
+            return isinstance(payload, str) and json.loads(payload).get("type") == type_
+
+        event: dict[str, Any] = {}
+        with socket.expect_event("framereceived", predicate=wanted) as frame:
+            yield event
+        event.update(json.loads(frame.value))
 
     def session_token(self) -> str:
         cookies = self.page.context.cookies()
@@ -171,6 +201,7 @@ def tab(browser: Any, app: App, tmp_path: Path) -> Iterator[Tab]:
     page.set_default_timeout(30_000)
     errors: list[str] = []
     frames: list[str] = []
+    sockets: list[Any] = []
     page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
     page.on(
         "console",
@@ -180,11 +211,12 @@ def tab(browser: Any, app: App, tmp_path: Path) -> Iterator[Tab]:
             else None
         ),
     )
+    page.on("websocket", lambda ws: sockets.append(ws))
     page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(payload)))
     shots = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
     shots.mkdir(parents=True, exist_ok=True)
     try:
-        yield Tab(page, shots, errors, frames)
+        yield Tab(page, shots, errors, frames, sockets)
     finally:
         context.close()
     assert errors == [], errors  # no script error, no CSP violation on the way
