@@ -38,6 +38,7 @@ from api import (
 from api.deps import COOKIE_NAME, NOT_SIGNED_IN, authenticate, token_from
 from api.errors import DATABASE_UNAVAILABLE, error_response, install_error_handlers
 from api.observe import REQUEST_ID, Observe
+from api.page import STATIC_PREFIX, install_page
 from api.shutdown import AnswerWhenCutOff
 from chatdf import logs, tracing
 from chatdf.db import Database, Dataset, utcnow
@@ -66,8 +67,10 @@ PUBLIC_PATHS = frozenset(
         "/openapi.json",
         contracts.ASYNCAPI_PATH,
         metrics.METRICS_PATH,  # counts only; METRICS_ENABLED=false removes it (observability.md)
+        "/",  # the chat page (api/page.py); it signs in itself
     }
 )
+PUBLIC_PREFIXES = (STATIC_PREFIX + "/",)  # the page's script and stylesheet
 
 
 def connect_ray(settings: Settings) -> bool:
@@ -249,6 +252,8 @@ class AuthFirst:
     def _needs_session(scope: Scope) -> bool:
         if scope["method"] == "OPTIONS" or scope["path"] in PUBLIC_PATHS:
             return False
+        if scope["path"].startswith(PUBLIC_PREFIXES):
+            return False
         routes = scope["app"].router.routes
         return any(route.matches(scope)[0] != Match.NONE for route in routes)
 
@@ -352,4 +357,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(ws_router)
     if settings.metrics_enabled:
         app.include_router(metrics.router)
+    install_page(app)
     return app

@@ -15,6 +15,7 @@ from chatdf.db import Database
 from chatdf.settings import Settings
 from chatdf.store import hash_secret
 from ws.connections import Connection, ConnectionManager
+from ws.origins import origin_allowed
 from ws.protocol import EXTENSION
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,7 @@ async def websocket_endpoint(websocket: WebSocket, token: str | None = None) -> 
     manager: ConnectionManager = websocket.app.state.connection_manager
     raw, source = token_from(websocket, token)
     user = await asyncio.to_thread(authenticate, db, settings, raw)
-    origin = websocket.headers.get("origin")
-    if source == "cookie" and origin not in settings.allowed_origins:
+    if source == "cookie" and not origin_allowed(websocket, settings):
         user = None  # no Origin is no allowed origin either (the contract asks for one)
     if user is None:
         # Accept first: a close before accept reaches the client as a bare HTTP 403.
