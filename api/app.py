@@ -35,6 +35,8 @@ MAX_BODY_BYTES = 1024 * 1024
 PUBLIC_PATHS = frozenset(
     {
         "/health",
+        "/health/live",  # probes (api/health.py)
+        "/health/ready",
         "/auth/google",
         "/auth/google/callback",
         "/auth/dev-login",

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     ray_num_cpus: int | None = None  # embedded Ray only
     host: str = "127.0.0.1"
     port: int = 8000
+    # GET /health/ready checks the database and Ray at most once per this many seconds
+    health_ready_cache_s: float = 5.0
 
     # Auth
     dev_login: bool | None = None  # None: on only when bound to loopback
