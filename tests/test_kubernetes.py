@@ -120,7 +120,7 @@ def test_the_edges_join_the_cluster_with_the_database_from_the_secret() -> None:
     # KubeRay names the head's Service <cluster>-head-svc.
     assert env["RAY_HEAD_ADDRESS"]["value"] == f"{cluster['metadata']['name']}-head-svc:6379"
     assert env["RAY_ADDRESS"]["value"] == "auto"
-    assert "ray start --address=\"$RAY_HEAD_ADDRESS\" --num-cpus=0" in edge["args"][0]
+    assert 'ray start --address="$RAY_HEAD_ADDRESS" --num-cpus=0' in edge["args"][0]
     assert "exec chatdf serve --host 0.0.0.0 --port 8000" in edge["args"][0]
     for name in ("DATABASE_URL", "RAY_AUTH_TOKEN", "GEMINI_API_KEY"):
         ref = env[name]["valueFrom"]["secretKeyRef"]
