@@ -111,6 +111,23 @@ def test_every_ray_node_has_slots_token_auth_and_warm_workers() -> None:
             assert {"configMapRef": {"name": "chatdf"}} in container["envFrom"]
 
 
+def test_ray_pods_have_probes_that_need_neither_the_dashboard_nor_wget() -> None:
+    (cluster,) = by_kind("RayCluster")
+    head = cluster["spec"]["headGroupSpec"]
+    (head_container,) = containers(head["template"])
+    ports = {p["name"]: p["containerPort"] for p in head_container["ports"]}
+    assert ports["gcs-server"] == 6379
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert head_container[probe]["tcpSocket"]["port"] == "gcs-server"
+    assert head["rayStartParams"]["include-dashboard"] == "false"
+    for group in cluster["spec"]["workerGroupSpecs"]:
+        (worker,) = containers(group["template"])
+        ports = {p["name"]: p["containerPort"] for p in worker["ports"]}
+        assert ports["raylet"] == int(group["rayStartParams"]["node-manager-port"])
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert worker[probe]["tcpSocket"]["port"] == "raylet"
+
+
 def test_the_edges_join_the_cluster_with_the_database_from_the_secret() -> None:
     (cluster,) = by_kind("RayCluster")
     (deployment,) = by_kind("Deployment")
