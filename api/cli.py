@@ -77,8 +77,12 @@ def run_db_command(settings: Settings, action: str) -> int:
     db = Database(settings.resolved_database_url, busy_timeout_s=settings.database_busy_timeout_s)
     try:
         if action == "upgrade":
-            db.create_schema()
+            with db.schema_lock() as conn:
+                migrations.upgrade(conn)
         current, head = db.current_revision(), migrations.head_revision()
+    except migrations.NewerSchema as newer:
+        print(f"chatdf: {newer}", file=sys.stderr)
+        return 1
     except SQLAlchemyError as failed:
         # The driver's sentence names host and port, never the URL's password.
         reason = str(getattr(failed, "orig", None) or failed).splitlines()[0]
@@ -89,7 +93,12 @@ def run_db_command(settings: Settings, action: str) -> int:
     if current is None:
         print("none (an empty database, or one made before migrations: `chatdf db upgrade`)")
     else:
-        print(f"{current} (head)" if current == head else f"{current} (head is {head})")
+        if current == head:
+            print(f"{current} (head)")
+        elif migrations.is_known(current):
+            print(f"{current} (head is {head})")
+        else:
+            print(f"{current} (newer than this chatdf's head {head})")
     return 0
 
 

@@ -209,12 +209,18 @@ class Database:
 
         Safe with several edges starting at once: they take turns through the schema lock, and
         each later one finds the database at head. A database made before migrations is adopted
-        by the baseline revision without losing a row.
+        by the baseline revision without losing a row; one a newer chatdf migrated further is
+        left as it is, with a warning.
         """
         from chatdf import migrations
 
-        with self.schema_lock() as conn:
-            migrations.upgrade(conn)
+        try:
+            with self.schema_lock() as conn:
+                migrations.upgrade(conn)
+        except migrations.NewerSchema as newer:
+            # A rollback to this version during a rolling upgrade: revisions keep the schema
+            # usable by the previous release (docs/operations.md), so serve on it.
+            log.warning("%s", newer)
 
     def current_revision(self) -> str | None:
         """The migration the database is at (None: empty, or made before migrations)."""

@@ -279,3 +279,29 @@ def test_the_migrations_ship_with_the_package(tmp_path: Path) -> None:
         f"chatdf/migrations/versions/{name}" for name in revisions
     }
     assert expected <= names
+
+
+@pytest.mark.filterwarnings(EXPRESSION_INDEX_WARNINGS[0])
+def test_a_database_a_newer_chatdf_migrated_is_left_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rollback during a rolling upgrade: this code starts on it (with a warning) and changes
+    nothing; `db upgrade` refuses and says why, `db current` says it is newer."""
+    path = tmp_path / "newer.db"
+    db = Database(f"sqlite:///{path}")
+    db.create_schema()
+    with db.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    db.create_schema()
+    assert "schema revision 9999" in caplog.text
+    assert db.current_revision() == "9999"
+    env = {"DATABASE_URL": f"sqlite:///{path}"}
+    head = migrations.head_revision()
+    current = run_chatdf("db", "current", env=env)
+    assert current.returncode == 0
+    assert current.stdout.strip() == f"9999 (newer than this chatdf's head {head})"
+    up = run_chatdf("db", "upgrade", env=env)
+    assert up.returncode == 1
+    assert "does not know: a newer version migrated it; nothing was changed" in up.stderr
+    assert db.current_revision() == "9999"
+    db.dispose()
