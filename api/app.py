@@ -57,6 +57,8 @@ API_DESCRIPTION = (
 PUBLIC_PATHS = frozenset(
     {
         "/health",
+        "/health/live",  # probes (api/health.py)
+        "/health/ready",
         "/auth/google",
         "/auth/google/callback",
         "/auth/dev-login",

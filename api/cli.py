@@ -1,5 +1,6 @@
 """The `chatdf` command: `serve` runs the edge under uvicorn, `referral-key create` mints keys,
-`chat` asks a running server (chatdf/client/cli.py)."""
+`chat` asks a running server (chatdf/client/cli.py), `db upgrade` / `db current` migrate the
+schema or say its revision."""
 
 from __future__ import annotations
 
@@ -63,6 +64,42 @@ def create_referral_key(settings: Settings) -> str:
     return key
 
 
+def run_db_command(settings: Settings, action: str) -> int:
+    """`db upgrade` brings the database to this code's newest migration (as every start does);
+    `db current` prints the revision it is at, and whether that is this code's newest."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from chatdf import migrations
+    from chatdf.db import Database
+
+    db = Database(settings.resolved_database_url, busy_timeout_s=settings.database_busy_timeout_s)
+    try:
+        if action == "upgrade":
+            with db.schema_lock() as conn:
+                migrations.upgrade(conn)
+        current, head = db.current_revision(), migrations.head_revision()
+    except migrations.NewerSchema as newer:
+        print(f"chatdf: {newer}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as failed:
+        # The driver's sentence names host and port, never the URL's password.
+        reason = str(getattr(failed, "orig", None) or failed).splitlines()[0]
+        print(f"chatdf: database error: {reason}", file=sys.stderr)
+        return 1
+    finally:
+        db.dispose()
+    if current is None:
+        print("none (an empty database, or one made before migrations: `chatdf db upgrade`)")
+    else:
+        if current == head:
+            print(f"{current} (head)")
+        elif migrations.is_known(current):
+            print(f"{current} (head is {head})")
+        else:
+            print(f"{current} (newer than this chatdf's head {head})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chatdf", description="Chat with your data.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     create = ref_sub.add_parser("create", help="create single-use referral keys")
     create.add_argument("--count", type=int, default=1, help="how many keys (default 1)")
     add_chat_parser(sub)  # a client of a running server: chatdf/client/cli.py
+    dbc = sub.add_parser("db", help="schema migrations (DATABASE_URL / DATA_DIR, as serve)")
+    db_sub = dbc.add_subparsers(dest="action", required=True)
+    db_sub.add_parser("upgrade", help="upgrade the database to the newest schema revision")
+    db_sub.add_parser("current", help="print the database's schema revision")
     return parser
 
 
@@ -110,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.count):
             print(create_referral_key(settings))
         return 0
+    if args.command == "db":
+        return run_db_command(settings, args.action)
     return 2
 
 

@@ -1,8 +1,11 @@
-"""Health and the bundled sample dataset: the two routes that need no session."""
+"""Health, the liveness and readiness probes, and the bundled sample dataset: the routes that
+need no session."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -10,8 +13,9 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from api.deps import DbDep, SettingsDep
 from api.errors import error_responses
+from chatdf.db import Database, iso, utcnow
 from chatdf.errors import NotFound
-from chatdf.schemas import Health
+from chatdf.schemas import Health, Live, Ready
 from chatdf.settings import SAMPLE_PATH, sample_file
 
 router = APIRouter(tags=["health"])
@@ -59,6 +63,75 @@ async def health(request: Request, db: DbDep, settings: SettingsDep) -> JSONResp
         "model": settings.resolved_model_name or None,
     }
     return JSONResponse(body, status_code=200 if ok else 503)
+
+
+READY_CHECK_TIMEOUT_S = 2.0  # a database or Ray that takes longer counts as not answering
+
+
+class Readiness:
+    """The last readiness answer, checked again at most once per `ttl_s`: probes arriving
+    together, or within the window, share one check (one database round trip, one Ray call)."""
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self.checks = 0
+        self._lock = asyncio.Lock()
+        self._checked_at: float | None = None
+        self._answer: dict[str, Any] = {}
+
+    async def answer(self, db: Database) -> dict[str, Any]:
+        async with self._lock:
+            now = self.clock()
+            if self._checked_at is None or now - self._checked_at >= self.ttl_s:
+                self._answer = await self._check(db)
+                self._checked_at = now
+            return self._answer
+
+    async def _check(self, db: Database) -> dict[str, Any]:
+        self.checks += 1
+        db_ok, nodes = await asyncio.gather(
+            _within_timeout(asyncio.to_thread(db.ping), False),
+            _within_timeout(asyncio.to_thread(ray_nodes), 0),
+        )
+        ready = bool(db_ok) and nodes > 0
+        return {
+            "status": "ready" if ready else "unready",
+            "database": bool(db_ok),
+            "ray": nodes > 0,
+            "checked_at": iso(utcnow()),
+        }
+
+
+async def _within_timeout(check: Any, failed: Any) -> Any:
+    try:
+        return await asyncio.wait_for(check, READY_CHECK_TIMEOUT_S)
+    except TimeoutError:
+        return failed
+
+
+@router.get("/health/live", response_model=Live, responses=error_responses())
+async def health_live() -> dict[str, str]:
+    """Liveness probe: the process serves requests (no database or Ray call)."""
+    return {"status": "alive"}
+
+
+@router.get(
+    "/health/ready",
+    response_model=Ready,
+    responses={
+        503: {"model": Ready, "description": "Not ready: the database or Ray does not answer"},
+        **error_responses(),
+    },
+)
+async def health_ready(request: Request, db: DbDep, settings: SettingsDep) -> JSONResponse:
+    """Readiness probe: the database answers and Ray is connected (checked at most once per
+    HEALTH_READY_CACHE_S); 503 until both do."""
+    readiness: Readiness | None = getattr(request.app.state, "readiness", None)
+    if readiness is None:
+        readiness = request.app.state.readiness = Readiness(settings.health_ready_cache_s)
+    body = await readiness.answer(db)
+    return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)
 
 
 @router.get(

@@ -22,13 +22,10 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
-    inspect,
     text,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-from sqlalchemy.schema import CreateIndex
 from sqlalchemy.types import TypeDecorator
 
 log = logging.getLogger(__name__)
@@ -208,18 +205,38 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def create_schema(self) -> None:
-        """Creates missing tables and indexes, then adds columns newer code expects.
+        """Brings the schema to this code's newest migration (chatdf/migrations), on start.
 
-        Idempotent and safe with several edges starting at once. Migrations are additive only:
-        a column added to a model appears in an existing database as a nullable column.
+        Safe with several edges starting at once: they take turns through the schema lock, and
+        each later one finds the database at head. A database made before migrations is adopted
+        by the baseline revision without losing a row; one a newer chatdf migrated further is
+        left as it is, with a warning.
         """
+        from chatdf import migrations
+
+        try:
+            with self.schema_lock() as conn:
+                migrations.upgrade(conn)
+        except migrations.NewerSchema as newer:
+            # A rollback to this version during a rolling upgrade: revisions keep the schema
+            # usable by the previous release (docs/operations.md), so serve on it.
+            log.warning("%s", newer)
+
+    def current_revision(self) -> str | None:
+        """The migration the database is at (None: empty, or made before migrations)."""
+        from chatdf import migrations
+
+        with self.engine.connect() as conn:
+            return migrations.current_revision(conn)
+
+    @contextmanager
+    def schema_lock(self) -> Iterator[Connection]:
+        """A connection in a transaction that holds the cross-process schema lock."""
         with self._schema_file_lock(), self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 # Edges starting together take turns; the lock ends with the transaction.
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
-            Base.metadata.create_all(conn)
-            self._add_missing_columns(conn)
-            self._add_missing_indexes(conn)
+            yield conn
 
     @contextmanager
     def _schema_file_lock(self) -> Iterator[None]:
@@ -245,31 +262,6 @@ class Database:
             return None
         path = parsed.database
         return path if path and path != ":memory:" else None
-
-    @staticmethod
-    def _add_missing_columns(conn: Connection) -> None:
-        schema = inspect(conn)
-        for table in Base.metadata.sorted_tables:
-            have = {c["name"] for c in schema.get_columns(table.name)}
-            for column in table.columns:
-                if column.name not in have:
-                    sql_type = column.type.compile(dialect=conn.dialect)
-                    conn.execute(
-                        text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {sql_type}')
-                    )
-
-    @staticmethod
-    def _add_missing_indexes(conn: Connection) -> None:
-        """Indexes newer code declares on tables an older version created (create_all makes
-        indexes only with their tables). One that existing rows violate is left out, logged."""
-        for table in Base.metadata.sorted_tables:
-            for index in table.indexes:
-                try:
-                    with conn.begin_nested():
-                        # IF NOT EXISTS: reflection cannot see expression indexes on SQLite.
-                        conn.execute(CreateIndex(index, if_not_exists=True))
-                except IntegrityError:
-                    log.warning("index %s not created: existing rows violate it", index.name)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -183,3 +183,18 @@ class Health(Out):
     warm_session_actors: int = Field(
         description="Started, unbound session actors this edge holds ready (WARM_SESSION_ACTORS)"
     )
+
+
+class Live(Out):
+    """GET /health/live: the process serves requests (no database or Ray call)."""
+
+    status: Literal["alive"]
+
+
+class Ready(Out):
+    """GET /health/ready: 200 when the database answers and Ray is connected, else 503."""
+
+    status: Literal["ready", "unready"]
+    database: bool
+    ray: bool
+    checked_at: str = Field(description="When the (cached) check ran, ISO 8601")

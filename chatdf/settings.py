@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     shutdown_timeout_s: int = 10  # at SIGTERM, requests still running get this long
+    # GET /health/ready checks the database and Ray at most once per this many seconds
+    health_ready_cache_s: float = 5.0
 
     # Auth
     dev_login: bool | None = None  # None: on only when bound to loopback

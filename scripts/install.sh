@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv/ at the repo root (if missing) and installs chatdf with its dev tools into it.
+# Creates .venv/ at the repo root (if missing) and installs chatdf with its dev tools into it:
+# every dependency at the version and hash requirements.lock pins (./scripts/lock.sh writes it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -8,10 +9,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.chatdf-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements.lock -nt "$stamp" ]; then
   echo "[install] installing chatdf and dependencies into .venv (first time: a few minutes)"
   .venv/bin/python -m pip install --upgrade --quiet pip
-  .venv/bin/python -m pip install --quiet --progress-bar off -e '.[dev]'
+  .venv/bin/python -m pip install --quiet --progress-bar off --require-hashes -r requirements.lock
+  .venv/bin/python -m pip install --quiet --progress-bar off --no-deps -e .
   touch "$stamp"
 fi
 echo "[install] ready: $(.venv/bin/python -c 'import ray, polars; print("ray", ray.__version__, "polars", polars.__version__)')"

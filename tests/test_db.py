@@ -108,8 +108,9 @@ def test_an_older_database_gets_the_new_unique_index(tmp_path: Path) -> None:
 
     path = tmp_path / "old.db"
     Database(f"sqlite:///{path}").create_schema()
-    with sqlite3.connect(path) as raw:
+    with sqlite3.connect(path) as raw:  # as a chatdf from before that index and migrations
         raw.execute("DROP INDEX uq_datasets_conversation_name")
+        raw.execute("DROP TABLE alembic_version")
     Database(f"sqlite:///{path}").create_schema()
     with sqlite3.connect(path) as raw:
         names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='index'")}
