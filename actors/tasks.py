@@ -53,11 +53,18 @@ def sql_task(
         yield from stream_sql(sql, tables, settings)
 
 
-def warm_worker() -> int:
+WARM_LINGER_S = 1.0  # a warm-up stays busy this long, so the others land on other workers
+
+
+def warm_worker(linger_s: float = WARM_LINGER_S) -> int:
     """Readies one task worker ahead of demand: Polars and the load and query code imported,
     the query fork server started. Returns the worker's pid. Named so it shows as
-    `ray::warm_worker`; the worker then idles and takes later loads and queries."""
+    `ray::warm_worker`; the worker then idles and takes later loads and queries.
+
+    It lingers before returning: a warm-up on an already warm worker ends in milliseconds, and
+    Ray would hand the next one the same worker instead of readying another."""
     import os
+    import time
 
     import polars  # noqa: F401  # the import is the point
     import pyarrow.parquet  # noqa: F401
@@ -66,6 +73,7 @@ def warm_worker() -> int:
     from actors.sql_sandbox import start_fork_server
 
     start_fork_server()
+    time.sleep(linger_s)
     return os.getpid()
 
 

@@ -24,9 +24,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from api.shutdown import SHUTTING_DOWN
-from tests.live import free_port, wait_until
-
-CHATDF = Path(sys.executable).parent / "chatdf"
+from tests.live import wait_until
+from tests.serving import chatdf_serve
 
 
 @dataclass
@@ -39,44 +38,8 @@ class Served:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
     """`chatdf serve` in a subprocess with a fresh data dir and no Ray token of its own."""
-    port = free_port()
-    log = tmp_path / "serve.log"
-    dropped = ("RAY_ADDRESS", "DATABASE_URL", "RAY_AUTH_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
-    env.update(
-        DATA_DIR=str(tmp_path / "data"),
-        HEARTBEAT_INTERVAL="0.5",
-        RAY_NUM_CPUS="2",
-        RAY_NAMESPACE="chatdf-serve-test",
-        LOG_LEVEL="INFO",
-    )
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(CHATDF), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=tmp_path,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-        yield Served(url, log, proc)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with chatdf_serve(tmp_path, HEARTBEAT_INTERVAL="0.5", RAY_NAMESPACE="chatdf-serve-test") as s:
+        yield Served(s.url, s.log, s.proc)
 
 
 @pytest.mark.slow
@@ -220,79 +183,54 @@ def test_embedded_ray_refuses_clients_without_its_token(served: Served, tmp_path
 def test_sigterm_does_not_wait_for_a_request_past_the_shutdown_timeout(tmp_path: Path) -> None:
     """A request still running at SIGTERM (here a query of billions of rows, which its own
     60 s limit would end) is cut off after SHUTDOWN_TIMEOUT_S, so a service manager's stop
-    never hangs on it (uvicorn alone waits for every request)."""
-    port = free_port()
-    log = tmp_path / "serve.log"
-    dropped = ("RAY_ADDRESS", "DATABASE_URL", "RAY_AUTH_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
-    env.update(
-        DATA_DIR=str(tmp_path / "data"),
-        RAY_NUM_CPUS="2",
+    never hangs on it (uvicorn alone waits for every request), and it answers 503 in the
+    contract's error body rather than uvicorn's 500."""
+    with chatdf_serve(
+        tmp_path,
         SHUTDOWN_TIMEOUT_S="2",
         RAY_NAMESPACE="chatdf-serve-test",
         WARM_SESSION_ACTORS="0",
         WARM_TASK_WORKERS="0",
-    )
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(CHATDF), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=tmp_path,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        assert wait_until(lambda: _answers(f"{url}/health"), limit_s=90), log.read_text()
+    ) as served:
+        url, proc = served.url, served.proc
         token = httpx.post(f"{url}/auth/dev-login", json={}).json()["token"]
         auth = {"Authorization": f"Bearer {token}"}
         conv = httpx.post(f"{url}/conversations", headers=auth).json()["id"]
         sample = {"url": f"{url}/samples/sales.parquet"}
-        assert (
-            httpx.post(
-                f"{url}/conversations/{conv}/datasets", headers=auth, json=sample, timeout=60
-            ).status_code
-            == 201
+        added = httpx.post(
+            f"{url}/conversations/{conv}/datasets", headers=auth, json=sample, timeout=60
         )
+        assert added.status_code == 201, added.text
         assert wait_until(lambda: _dataset_ready(url, auth, conv))
         slow = (  # 288^5 ≈ 2e12 rows
             "SELECT sum(a.revenue * b.revenue + c.revenue - d.revenue + e.revenue) AS s"
             " FROM table1 a, table1 b, table1 c, table1 d, table1 e"
         )
-        answered: list[int] = []
+        answers: list[httpx.Response] = []
 
         def ask() -> None:
             with contextlib.suppress(httpx.HTTPError):
-                r = httpx.post(
-                    f"{url}/conversations/{conv}/query",
-                    headers=auth,
-                    json={"sql": slow},
-                    timeout=120,
+                answers.append(
+                    httpx.post(
+                        f"{url}/conversations/{conv}/query",
+                        headers=auth,
+                        json={"sql": slow},
+                        timeout=120,
+                    )
                 )
-                answered.append(r.status_code)
-                if r.status_code == 503:
-                    assert r.json() == {"error": SHUTTING_DOWN, "details": None}
 
         asking = threading.Thread(target=ask)
         asking.start()
-        assert wait_until(lambda: _query_process_running(proc.pid)), log.read_text()
+        assert wait_until(lambda: _query_process_running(proc.pid)), served.log.read_text()
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=45) in (0, -signal.SIGTERM)
         assert time.monotonic() - sent < 40  # the query alone would have taken its 60 s
         asking.join(timeout=30)
-        assert answered == [503]  # cut off, answered in the contract's error body (not 500)
-        assert "Traceback" not in log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+        assert [(r.status_code, r.json()) for r in answers] == [
+            (503, {"error": SHUTTING_DOWN, "details": None})
+        ]
+        assert "Traceback" not in served.log.read_text()
 
 
 def _dataset_ready(url: str, auth: dict[str, str], conv: str) -> bool:

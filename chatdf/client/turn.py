@@ -171,7 +171,7 @@ class AsyncTurn:
         finally:
             await sock.close()
         if complete is not None:
-            message = Message.model_validate(complete.message)
+            message = Message.model_validate(complete.message.model_dump(mode="json"))
             self.answer = await self._finish(message, complete.token_count, recovered=False)
         elif saved is not None:
             self.answer = await self._finish(saved, saved.token_count, recovered=True)

@@ -160,7 +160,7 @@ async def test_history_replays_calls_and_results_with_matching_ids(
 ) -> None:
     stored = ToolCall("execute_sql", {"query": "SELECT 1"})  # a stored round: no id
     live = ToolCall("execute_sql", {"query": "SELECT 2"}, id="call_live", signature=b"sig")
-    contents = [
+    contents: list[UserText | ModelTurn | ToolResults] = [
         UserText("how many?"),
         ModelTurn(calls=(stored,)),
         ToolResults((ToolResult(stored, {"rows": [[1]]}),)),

@@ -18,6 +18,7 @@ from actors.llm import (
     MODEL_FAILED,
     NO_MODEL,
     ContextTooLong,
+    ModelClient,
     ModelFailed,
 )
 from actors.turn import (
@@ -108,7 +109,7 @@ class Harness:
     def turn(
         self,
         settings: Settings,
-        llm: GeminiClient,
+        llm: ModelClient,
         *,
         history: Sequence[dict[str, Any]] = (),
         datasets: Sequence[dict[str, Any]] = (SALES,),

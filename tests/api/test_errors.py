@@ -23,6 +23,15 @@ PUBLIC = {
     # Beyond the contract's four: the bundled sample must be fetchable by the loader's Ray
     # task, which holds no session; it is static and reveals nothing about users.
     ("GET", "/samples/sales.parquet"),
+    # Probes (Kubernetes asks without a session; no I/O or a cached database/Ray check), the
+    # machine-readable contract beside /openapi.json, the metrics (counts only, no ids), and
+    # the chat page with its static files (it signs in itself): docs/operations.md,
+    # docs/contracts.md, docs/observability.md, docs/page.md.
+    ("GET", "/health/live"),
+    ("GET", "/health/ready"),
+    ("GET", "/asyncapi.json"),
+    ("GET", "/metrics"),
+    ("GET", "/"),
 }
 MIB = 1024 * 1024
 

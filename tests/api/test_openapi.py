@@ -32,7 +32,11 @@ from tests.live import LiveServer, wait_until
 NON_JSON_ANSWERS = (FileResponse, RedirectResponse)  # the sample file, the OAuth redirect
 ERROR_BODY = {"$ref": "#/components/schemas/ErrorBody"}
 # /health answers 503 with its own body (degraded), as protocol.md's health route always has.
-OWN_ERROR_BODIES = {("/health", "503"): {"$ref": "#/components/schemas/Health"}}
+OWN_ERROR_BODIES = {
+    ("/health", "503"): {"$ref": "#/components/schemas/Health"},
+    # The readiness probe's 503 is its own answer too: "unready", with what does not answer.
+    ("/health/ready", "503"): {"$ref": "#/components/schemas/Ready"},
+}
 
 
 def wire(value: Any) -> bytes:

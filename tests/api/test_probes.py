@@ -47,7 +47,16 @@ def test_ready_checks_database_and_ray_once_per_window(server: LiveServer) -> No
 def test_health_keeps_its_contract_answer(server: LiveServer) -> None:
     with server.client() as anon:
         body = anon.get("/health").json()
-    assert set(body) == {"status", "ray", "ray_nodes", "database", "llm_configured"}
+    assert set(body) == {
+        "status",
+        "ray",
+        "ray_nodes",
+        "database",
+        "llm_configured",
+        "model_provider",
+        "model",
+        "warm_session_actors",
+    }
 
 
 class FakeClock:

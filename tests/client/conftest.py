@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import polars as pl
 import pytest
 
 from tests.fakes.fake_data_server import FakeDataServer
 from tests.fakes.fake_gemini import FakeGemini
-from tests.live import free_port
+from tests.serving import chatdf_serve
 
-CHATDF = Path(sys.executable).parent / "chatdf"
 SALES = pl.DataFrame({"region": ["N", "S", "N"], "revenue": [10, 20, 5]})
 SALES_BY_REGION = "SELECT region, SUM(revenue) AS total FROM table1 GROUP BY region ORDER BY region"
 
@@ -56,55 +51,22 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("client-serve")
     gemini = FakeGemini().start()
     data = FakeDataServer().start()
-    port = free_port()
-    log = tmp / "serve.log"
-    dropped = ("RAY_ADDRESS", "DATABASE_URL", "RAY_AUTH_", "GEMINI_", "CHATDF_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
-    env.update(
-        DATA_DIR=str(tmp / "data"),
-        HEARTBEAT_INTERVAL="0.5",
-        RAY_NUM_CPUS="2",
-        RAY_NAMESPACE=f"chatdf-client-{uuid.uuid4().hex[:6]}",
-        GEMINI_API_KEY="fake-key",
-        GEMINI_BASE_URL=gemini.base_url,
-        LLM_BACKOFF_S="0.01",
-        DATASET_ALLOW_PRIVATE_HOSTS="true",
-        AUTH_RATE_LIMIT="1000/minute",  # every test signs in from 127.0.0.1
-        LOG_LEVEL="INFO",
-    )
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(CHATDF), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=tmp,
-        )
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, proc, log)
-        yield Served(url, log, proc, gemini, data)
+        with chatdf_serve(
+            tmp,
+            drop=("GEMINI_", "CHATDF_"),
+            HEARTBEAT_INTERVAL="0.5",
+            RAY_NAMESPACE=f"chatdf-client-{uuid.uuid4().hex[:6]}",
+            GEMINI_API_KEY="fake-key",
+            GEMINI_BASE_URL=gemini.base_url,
+            LLM_BACKOFF_S="0.01",
+            DATASET_ALLOW_PRIVATE_HOSTS="true",
+            AUTH_RATE_LIMIT="1000/minute",  # every test signs in from 127.0.0.1
+        ) as server:
+            yield Served(server.url, server.log, server.proc, gemini, data)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
         data.stop()
         gemini.close()
-
-
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.2)  # polling a starting process's health, bounded by the deadline
 
 
 @pytest.fixture(autouse=True)

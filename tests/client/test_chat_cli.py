@@ -11,8 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.client.conftest import CHATDF, SALES_BY_REGION, Served, unique_email
+from tests.client.conftest import SALES_BY_REGION, Served, unique_email
 from tests.live import free_port
+from tests.serving import CHATDF
 
 pytestmark = pytest.mark.slow
 

@@ -25,6 +25,7 @@ from tests.fakes.fake_data_server import FakeDataServer
 from tests.fakes.fake_gemini import FakeGemini
 from tests.live import LiveServer, free_port, wait_until
 from tests.observe.scenario import run_turn
+from tests.serving import chatdf_serve
 
 CHATDF = Path(sys.executable).parent / "chatdf"
 
@@ -79,44 +80,15 @@ def json_serve(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[byt
     port = ray_port = free_port()
     while ray_port == port:  # a port just closed can be handed out again
         ray_port = free_port()
-    log = tmp_path / "serve.log"
-    dropped = ("RAY_ADDRESS", "DATABASE_URL", "RAY_AUTH_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
-    env.update(
-        DATA_DIR=str(tmp_path / "data"),
-        RAY_NUM_CPUS="2",
+    with chatdf_serve(
+        tmp_path,
+        port=port,
         RAY_NAMESPACE="chatdf-json-log-test",
-        LOG_LEVEL="INFO",
         LOG_FORMAT="json",
         HEARTBEAT_INTERVAL="0.5",
         RAY_METRICS_EXPORT_PORT=str(ray_port),
-    )
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(CHATDF), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=tmp_path,
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert proc.poll() is None, log.read_text()
-        try:
-            return httpx.get(f"{url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        assert wait_until(up, limit_s=90), log.read_text()
-        yield url, log, proc, ray_port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    ) as served:
+        yield served.url, served.log, served.proc, ray_port
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
@@ -184,7 +156,9 @@ def test_actor_log_lines_of_a_turn_carry_the_edges_ids(
     turn = run_turn(json_chat_live, fake_gemini, data_server)
     actor = get_session_actor(turn.user_id, json_chat_live.settings)
     pid = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
-    logs_dir = Path(ray._private.worker._global_node.get_logs_dir_path())
+    node = ray._private.worker._global_node
+    assert node is not None  # the tests' Ray runs in this process
+    logs_dir = Path(node.get_logs_dir_path())
     found: list[dict[str, Any]] = []
 
     def turn_line_written() -> bool:

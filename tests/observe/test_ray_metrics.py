@@ -22,7 +22,9 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 def node_metrics(worker_id: str) -> Samples:
     """The samples one worker process reported to this node's Ray metrics export."""
-    port = ray._private.worker.global_worker.node.metrics_export_port
+    node = ray._private.worker.global_worker.node
+    assert node is not None  # the tests' Ray runs in this process
+    port = node.metrics_export_port
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     out: Samples = {}
     for family in text_string_to_metric_families(text):
