@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     llm_backoff_s: float = 1.0
     model_read_timeout_s: float = 60.0  # no chunk of a model's stream for this long: it failed
     turn_timeout_s: float = 300.0  # a whole turn (model calls and tools) ends after this
+    turn_save_interval_s: float = 2.0  # the streamed part is saved this often (0: at the end)
     max_concurrent_turns_per_user: int = 3  # across conversations; more answer 429
     turn_token_reserve: int = 50_000  # tokens a running turn holds against the budget
     max_tool_calls: int = 5
