@@ -181,7 +181,7 @@ class ChatRunner:
         if not isinstance(sql, str) or not sql.strip():
             raise BadRequest("sql must be a non-empty string")
         tables = await asyncio.to_thread(self._ready_tables, conversation_id)
-        result: dict[str, Any] = await run_sql(sql, tables, self.settings)
+        result: dict[str, Any] = await run_sql(sql, self._owned(tables), self.settings)
         return result
 
     async def _tool_query(self, sql: str, datasets: list[dict[str, Any]]) -> dict[str, Any]:
@@ -190,8 +190,12 @@ class ChatRunner:
         from actors.tasks import run_sql
 
         tables = [table_json(d) for d in datasets if d.get("status") == "ready"]
-        result: dict[str, Any] = await run_sql(sql, tables, self.settings)
+        result: dict[str, Any] = await run_sql(sql, self._owned(tables), self.settings)
         return result
+
+    def _owned(self, tables: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A copy a query downloads again counts against this user's share of the cache."""
+        return [{**table, "owner": self.user_id} for table in tables]
 
     def _ready_tables(self, conversation_id: str) -> list[dict[str, Any]]:
         with self.db.session() as s:

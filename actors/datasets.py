@@ -192,7 +192,7 @@ class DatasetLoader:
         from actors.tasks import LOAD_SLOT, load_dataset_task, slot_options
 
         ref = load_dataset_task.options(**slot_options(LOAD_SLOT)).remote(
-            url, self.settings.for_tasks()
+            url, self.settings.for_tasks(), self.user_id
         )
         try:
             result: dict[str, Any] = await asyncio.wait_for(

@@ -106,6 +106,7 @@ class Settings(BaseSettings):
     dataset_max_bytes: int = 2 * 1024**3
     dataset_cache_dir: str = ""  # empty: <data_dir>/cache
     dataset_cache_max_bytes: int = 10 * 1024**3  # least recently used files evicted past this
+    dataset_cache_user_max_bytes: int = 4 * 1024**3  # one user's copies on a node (0: no cap)
     dataset_max_redirects: int = 5
     dataset_ca_bundle: str = ""  # empty: the default trust store; a PEM path: only these CAs
 
