@@ -246,6 +246,6 @@ def test_an_embedded_ray_dies_with_its_edge_after_kill_9(served: Served) -> None
     session_dir = _session_dir(procs)
     served.proc.kill()
     served.proc.wait(timeout=30)
-    assert wait_until(lambda: not _still_running(procs, session_dir), limit_s=30), (
-        _still_running(procs, session_dir)
+    assert wait_until(lambda: not _still_running(procs, session_dir), limit_s=30), _still_running(
+        procs, session_dir
     )
