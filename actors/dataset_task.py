@@ -189,24 +189,23 @@ def _fill_cache(
     dest = cache_path(url, fmt, settings)
     dest.parent.mkdir(parents=True, exist_ok=True)
     lock = contextlib.nullcontext() if locked else cache_lock(dest, client)
-    with lock:
+    with lock, disk_full_is_an_error():
         reservation = Reservation(dest.parent, settings, owner_tag(owner))
         raw = dest.with_name(f"{dest.name}.{reservation.tag}.part")
         ready = raw.with_name(raw.name + ".ready")
         filled_at = time.time()  # the content is as of this moment (or later)
         try:
-            with disk_full_is_an_error():
-                with raw.open("wb") as sink:
-                    client.download(url, CountingSink(sink, reservation))  # type: ignore[arg-type]
-                with raw.open("rb") as source:
-                    sniffed = sniff_format(source.read(SNIFF_BYTES), _name_of(url))
-                if sniffed.format != fmt:
-                    raise DatasetError(
-                        "The dataset file changed format since it was loaded",
-                        f"expected {fmt}, found {sniffed.format}",
-                    )
-                _finish(raw, ready, sniffed, settings.dataset_max_bytes, reservation)
-                publish(ready, dest, reservation, filled_at)  # we hold its lock
+            with raw.open("wb") as sink:
+                client.download(url, CountingSink(sink, reservation))  # type: ignore[arg-type]
+            with raw.open("rb") as source:
+                sniffed = sniff_format(source.read(SNIFF_BYTES), _name_of(url))
+            if sniffed.format != fmt:
+                raise DatasetError(
+                    "The dataset file changed format since it was loaded",
+                    f"expected {fmt}, found {sniffed.format}",
+                )
+            _finish(raw, ready, sniffed, settings.dataset_max_bytes, reservation)
+            publish(ready, dest, reservation, filled_at)  # we hold its lock
         finally:
             raw.unlink(missing_ok=True)
             ready.unlink(missing_ok=True)
