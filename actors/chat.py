@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from sqlalchemy import select
 
 from actors import llm, observe
 from actors.budget import TokenBudget
@@ -15,7 +18,7 @@ from actors.datasets import DatasetLoader
 from actors.llm import ModelClient, make_client, not_configured
 from actors.turn import Turn
 from chatdf import events, logs, schemas, tracing
-from chatdf.db import Database, Message, new_id, utcnow
+from chatdf.db import Conversation, Database, Message, new_id, utcnow
 from chatdf.errors import (
     BadRequest,
     ChatdfError,
@@ -44,6 +47,8 @@ NO_MODEL = llm.NO_MODEL + CHAT_STILL_WORKS  # the gemini provider's
 UNEXPECTED = "Something went wrong while generating the answer"
 TURN_TIMED_OUT = "The answer took longer than {seconds} seconds and was stopped"
 NOT_SAVED = "The answer could not be saved; try again in a moment"
+# Appended to an answer whose actor died while it streamed (closed by the user's next actor).
+ANSWER_INTERRUPTED = "(This answer was interrupted before it finished.)"
 
 
 @dataclass
@@ -82,6 +87,22 @@ class ChatRunner:
 
     def running_count(self) -> int:
         return len(self._turns)
+
+    def close_orphaned_answers(self) -> int:
+        """Answers a previous actor was still streaming when it died end as interrupted: what
+        was saved stays, with ANSWER_INTERRUPTED after it (the contract has no status field)."""
+        with self.db.session() as s:
+            owned = select(Conversation.id).where(Conversation.user_id == self.user_id)
+            rows = s.scalars(
+                select(Message).where(
+                    Message.in_progress.is_(True), Message.conversation_id.in_(owned)
+                )
+            ).all()
+            for msg in rows:
+                kept = msg.content.rstrip()
+                msg.content = f"{kept}\n\n{ANSWER_INTERRUPTED}" if kept else ANSWER_INTERRUPTED
+                msg.in_progress = None
+            return len(rows)
 
     # Admission -----------------------------------------------------------------------------
 
@@ -168,7 +189,7 @@ class ChatRunner:
         if not isinstance(sql, str) or not sql.strip():
             raise BadRequest("sql must be a non-empty string")
         tables = await asyncio.to_thread(self._ready_tables, conversation_id)
-        result: dict[str, Any] = await run_sql(sql, tables, self.settings)
+        result: dict[str, Any] = await run_sql(sql, self._owned(tables), self.settings)
         return result
 
     async def _tool_query(self, sql: str, datasets: list[dict[str, Any]]) -> dict[str, Any]:
@@ -177,8 +198,12 @@ class ChatRunner:
         from actors.tasks import run_sql
 
         tables = [table_json(d) for d in datasets if d.get("status") == "ready"]
-        result: dict[str, Any] = await run_sql(sql, tables, self.settings)
+        result: dict[str, Any] = await run_sql(sql, self._owned(tables), self.settings)
         return result
+
+    def _owned(self, tables: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A copy a query downloads again counts against this user's share of the cache."""
+        return [{**table, "owner": self.user_id} for table in tables]
 
     def _ready_tables(self, conversation_id: str) -> list[dict[str, Any]]:
         with self.db.session() as s:
@@ -242,10 +267,15 @@ class ChatRunner:
         runner: Turn | None = None
         error: ChatdfError | None = None
         result: Mapping[str, Any] | None = None
+        finished = asyncio.Event()
+        saver: asyncio.Task[None] | None = None
         try:
             if turn.stop_requested:  # stopped before it began
                 raise asyncio.CancelledError
             runner = await self._turn(conversation_id, turn, text)
+            saver = asyncio.get_running_loop().create_task(
+                self._save_while_streaming(conversation_id, turn.message_id, runner, finished)
+            )
             async with asyncio.timeout(self.settings.turn_timeout_s):
                 result = await runner.run()
         except asyncio.CancelledError:
@@ -257,6 +287,11 @@ class ChatRunner:
         except Exception as exc:
             log.exception("turn failed in conversation %s", conversation_id)
             error = ChatdfError(UNEXPECTED, f"{type(exc).__name__}: {exc}")
+        finished.set()
+        while saver is not None and not saver.done():
+            # Its write in progress ends first: the final save below must be the last one.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(saver)
         saved: dict[str, Any] | None = None
         try:
             answer = result if result is not None else _partial(runner)
@@ -268,6 +303,33 @@ class ChatRunner:
             self._turns.pop(conversation_id, None)
         await self._report(conversation_id, turn.message_id, saved, error)
         return "error" if error is not None else "stopped" if stopped else "complete"
+
+    async def _save_while_streaming(
+        self, conversation_id: str, message_id: str, runner: Turn, finished: asyncio.Event
+    ) -> None:
+        """Saves the answer so far every TURN_SAVE_INTERVAL_S while it grows (one write per
+        interval, not per token), into the row the final save completes, so an actor that dies
+        mid-turn loses at most the last interval. Nothing is saved before the first text."""
+        interval = self.settings.turn_save_interval_s
+        if interval <= 0:
+            return
+        last: tuple[int, int, int] | None = None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), interval)
+            if finished.is_set():
+                return
+            answer = runner.partial()
+            grown = (len(answer["content"]), len(answer["tool_rounds"]), answer["token_count"])
+            if not answer["content"] or grown == last:
+                continue
+            try:
+                await asyncio.to_thread(
+                    self._write_answer, conversation_id, message_id, answer, True
+                )
+                last = grown
+            except Exception:  # the final save still comes; a missed checkpoint costs little
+                log.warning("could not save the streamed answer in %s", conversation_id)
 
     async def _report(
         self,
@@ -313,23 +375,35 @@ class ChatRunner:
     def _insert_answer(
         self, conversation_id: str, message_id: str, result: Mapping[str, Any]
     ) -> dict[str, Any] | None:
+        return self._write_answer(conversation_id, message_id, result, False)
+
+    def _write_answer(
+        self,
+        conversation_id: str,
+        message_id: str,
+        result: Mapping[str, Any],
+        in_progress: bool,
+    ) -> dict[str, Any] | None:
+        """Writes the turn's one assistant row: created by its first save (streamed or final),
+        updated by the later ones."""
         with self.db.session() as s:
             try:
                 conv = owned_conversation(s, self.user_id, conversation_id)
             except ChatdfError:
                 return None  # deleted while the turn ran
-            msg = Message(
-                id=message_id,
-                conversation_id=conv.id,
-                role="assistant",
-                content=result.get("content", ""),
-                sql_query=result.get("sql_query"),
-                token_count=int(result.get("token_count", 0)),
-                tool_rounds=json.dumps(result.get("tool_rounds") or []),
-                created_at=utcnow(),
-            )
-            s.add(msg)
-            touch(conv)
+            msg = s.get(Message, message_id)
+            if msg is None:
+                msg = Message(
+                    id=message_id, conversation_id=conv.id, role="assistant", created_at=utcnow()
+                )
+                s.add(msg)
+            msg.content = result.get("content", "")
+            msg.sql_query = result.get("sql_query")
+            msg.token_count = int(result.get("token_count", 0))
+            msg.tool_rounds = json.dumps(result.get("tool_rounds") or [])
+            msg.in_progress = True if in_progress else None
+            if not in_progress:
+                touch(conv)
             s.flush()
             return message_json(msg)
 

@@ -194,7 +194,7 @@ class DatasetLoader:
 
         with dataset_load(self.settings):  # duration by outcome; a span when tracing
             ref = load_dataset_task.options(**slot_options(LOAD_SLOT)).remote(
-                url, self.settings.for_tasks()
+                url, self.settings.for_tasks(), self.user_id
             )
             try:
                 result: dict[str, Any] = await asyncio.wait_for(

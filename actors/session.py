@@ -156,6 +156,7 @@ class SessionActor:
     async def _start(self) -> None:
         await asyncio.to_thread(self.budget.load)
         await asyncio.to_thread(self.datasets.fail_orphaned_loads)
+        await asyncio.to_thread(self.chat.close_orphaned_answers)
         self._spawn(self._housekeeping())
         self._spawn(self._wake_edges())
 

@@ -78,7 +78,13 @@ def _run(
 def _local_table(table: dict[str, Any], settings: Settings) -> QueryTable:
     from actors.dataset_task import ensure_local
 
-    path = ensure_local(table["url"], table["format"], settings, version=table.get("version"))
+    path = ensure_local(
+        table["url"],
+        table["format"],
+        settings,
+        version=table.get("version"),
+        owner=table.get("owner", ""),
+    )
     return QueryTable(name=table["name"], path=str(path), format=table["format"])
 
 

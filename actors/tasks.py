@@ -28,12 +28,13 @@ log = logging.getLogger(__name__)
 # Task bodies: these run in Ray workers, which is where the engine gets imported -----------
 
 
-def load_dataset(url: str, settings: Settings) -> dict[str, Any]:
-    """Describe a dataset URL (`actors.dataset_task.inspect_dataset`) inside a worker."""
+def load_dataset(url: str, settings: Settings, owner: str = "") -> dict[str, Any]:
+    """Describe a dataset URL (`actors.dataset_task.inspect_dataset`) inside a worker; a
+    download counts against `owner`'s share of the node's cache."""
     from actors.dataset_task import inspect_dataset
 
     with _portable_errors():
-        return inspect_dataset(url, settings)
+        return inspect_dataset(url, settings, owner=owner)
 
 
 def sql_task(

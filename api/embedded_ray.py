@@ -13,6 +13,11 @@ ray` would not). We therefore unset it; an operator's `RAY_AUTH_MODE=disabled` i
 The token is the operator's (`RAY_AUTH_TOKEN` or `RAY_AUTH_TOKEN_PATH`), else a random one per
 start, written to a private file that every Ray process reads through `RAY_AUTH_TOKEN_PATH`
 (so the secret itself is in no process environment and in no log) and removed by `stop()`.
+
+Fate: the embedded Ray dies with its edge, even after `kill -9` of the edge. A watchdog
+(`api/ray_watchdog.py`, its own process session, an empty environment) waits on the edge's pid
+and then ends every process of the Ray session (docs/architecture.md, "An embedded Ray dies
+with its edge").
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import logging
 import os
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +44,8 @@ SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 LOOPBACK = "127.0.0.1"
 
 _generated_token_dir: Path | None = None
+_watchdog: subprocess.Popen[bytes] | None = None
+WATCHDOG = Path(__file__).with_name("ray_watchdog.py")
 
 
 def start(**init_kwargs: Any) -> None:
@@ -51,6 +60,29 @@ def start(**init_kwargs: Any) -> None:
     except BaseException:
         stop()
         raise
+    _start_watchdog()
+
+
+def _start_watchdog() -> None:
+    """The process that ends this Ray's processes once this one (the edge) exits."""
+    from ray._private import worker
+
+    global _watchdog
+    node = worker._global_node
+    if node is None or (_watchdog is not None and _watchdog.poll() is None):
+        return
+    _watchdog = subprocess.Popen(
+        [sys.executable, str(WATCHDOG), str(os.getpid()), node.get_session_dir_path()],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={},  # nothing secret to hand on: it only reads /proc and sends signals
+        start_new_session=True,  # a Ctrl-C or SIGTERM to the edge's group does not reach it
+    )
+
+
+def watchdog_pid() -> int | None:
+    return _watchdog.pid if _watchdog is not None else None
 
 
 def stop() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -132,6 +133,9 @@ class Message(Base):
     token_count: Mapped[int] = mapped_column(Integer, default=0)
     tool_rounds: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # True while the turn writing this answer runs (saved as it streams, docs/chat.md); an
+    # answer left True by an actor that died is closed as interrupted by the next one.
+    in_progress: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
 
 class Dataset(Base):

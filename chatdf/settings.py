@@ -92,6 +92,7 @@ class Settings(BaseSettings):
     llm_backoff_s: float = 1.0
     model_read_timeout_s: float = 60.0  # no chunk of a model's stream for this long: it failed
     turn_timeout_s: float = 300.0  # a whole turn (model calls and tools) ends after this
+    turn_save_interval_s: float = 2.0  # the streamed part is saved this often (0: at the end)
     max_concurrent_turns_per_user: int = 3  # across conversations; more answer 429
     turn_token_reserve: int = 50_000  # tokens a running turn holds against the budget
     max_tool_calls: int = 5
@@ -118,6 +119,7 @@ class Settings(BaseSettings):
     dataset_max_bytes: int = 2 * 1024**3
     dataset_cache_dir: str = ""  # empty: <data_dir>/cache
     dataset_cache_max_bytes: int = 10 * 1024**3  # least recently used files evicted past this
+    dataset_cache_user_max_bytes: int = 4 * 1024**3  # one user's copies on a node (0: no cap)
     dataset_max_redirects: int = 5
     dataset_ca_bundle: str = ""  # empty: the default trust store; a PEM path: only these CAs
 

@@ -8,6 +8,7 @@ import pytest
 
 from chatdf.db import Database
 from chatdf.settings import Settings
+from tests.fakes.fake_data_server import FakeDataServer
 from tests.live import LiveServer
 from tests.pg import SERVER_URL, fresh_database
 
@@ -30,16 +31,21 @@ def pg_live(ray_session: None, settings: Settings, pg_url: str) -> Iterator[Live
     server.stop()
 
 
-def test_postgres_auth_conversations_and_events(pg_live: LiveServer) -> None:
+def test_postgres_auth_conversations_and_events(
+    pg_live: LiveServer, data_server: FakeDataServer
+) -> None:
     """Schema created on start; login, CRUD, ownership and the actor's event stream all work."""
     token, user_id, client = pg_live.login("pg-user@example.com")
     conv = client.post("/conversations", json={"title": "on postgres"}).json()
     assert client.get("/conversations").json()["conversations"][0]["id"] == conv["id"]
     _t2, _u2, other = pg_live.login("pg-other@example.com")
     assert other.get(f"/conversations/{conv['id']}").status_code == 404
-    with pg_live.ws(token) as ws:
-        pg_live.call(pg_live.manager.send_to_user(user_id, {"type": "unknown_type"}))
-        assert ws.receive_json()["type"] == "unknown_type"
+    with pg_live.ws(token) as ws:  # the events come from the session actor (a real load)
+        url = data_server.add("/pg.csv", b"a,b\n1,2\n3,4\n")
+        added = client.post(f"/conversations/{conv['id']}/datasets", json={"url": url}).json()
+        events = ws.receive_until("dataset_loaded")
+        assert [e["type"] for e in events] == ["dataset_loading", "dataset_loaded"]
+        assert events[-1]["dataset_id"] == added["dataset_id"] and events[-1]["row_count"] == 2
     usage = client.get("/usage").json()
     assert usage["tokens_used"] == 0 and usage["token_limit"] == 5_000_000
     assert client.delete("/conversations").json() == {"success": True, "deleted_count": 1}

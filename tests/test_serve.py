@@ -245,3 +245,40 @@ def _query_process_running(root: int) -> bool:
                 if child.name() == "chatdf-query":
                     return True
     return False
+
+
+def _session_dir(procs: list[psutil.Process]) -> str:
+    for proc in procs:
+        for arg in proc.cmdline():
+            if arg.startswith("--session-dir="):
+                return str(arg.split("=", 1)[1])
+    raise AssertionError("no Ray process names its session directory")
+
+
+def _still_running(procs: list[psutil.Process], session_dir: str) -> list[str]:
+    """The recorded processes still alive (zombies are dead), and any other naming the session."""
+    left = {p.pid: p for p in procs}
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if session_dir in " ".join(proc.cmdline()):
+                left.setdefault(proc.pid, proc)
+    names = []
+    for proc in left.values():
+        with contextlib.suppress(psutil.Error):
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                names.append(" ".join(proc.cmdline())[:120])
+    return names
+
+
+@pytest.mark.slow
+def test_an_embedded_ray_dies_with_its_edge_after_kill_9(served: Served) -> None:
+    """kill -9 of `chatdf serve` leaves no process of its Ray behind: GCS, raylet and workers
+    follow the driver by themselves; the agents, which Ray does not end, are ended by the
+    edge's watchdog (api/ray_watchdog.py), which then exits too."""
+    procs = ray_processes(served)  # every part of the Ray, the session actor included
+    session_dir = _session_dir(procs)
+    served.proc.kill()
+    served.proc.wait(timeout=30)
+    assert wait_until(lambda: not _still_running(procs, session_dir), limit_s=30), _still_running(
+        procs, session_dir
+    )

@@ -158,7 +158,9 @@ class AsyncClient:
                     if dataset.status != "loading":
                         return _loaded_or_raise(dataset)
                 elif isinstance(event, DatasetLoaded) and event.dataset_id == dataset_id:
-                    return Dataset.model_validate(event.dataset.model_dump(mode="json", by_alias=True))
+                    return Dataset.model_validate(
+                        event.dataset.model_dump(mode="json", by_alias=True)
+                    )
                 elif isinstance(event, DatasetError) and event.dataset_id == dataset_id:
                     raise DatasetFailed(event.error, dataset_id=dataset_id)
         finally:

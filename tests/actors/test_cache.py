@@ -12,8 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
+import pytest
 
-from actors.dataset_task import cache_path, ensure_local, inspect_dataset, scan_local
+from actors.cache import CACHE_FULL, CacheFull, cache_path
+from actors.dataset_task import ensure_local, inspect_dataset, scan_local
 from chatdf.settings import Settings
 from tests.fakes.fake_data_server import FakeDataServer
 
@@ -130,23 +132,35 @@ def test_a_file_in_use_by_a_running_query_is_not_evicted(
     data_server: FakeDataServer, settings: Settings
 ) -> None:
     """Scans are lazy: a query handed a path opens it later, so recent use protects a file."""
-    bounded = _bounded(settings, 1.5)
+    bounded = _bounded(settings, 2.5)
     in_use, idle = _fetch(data_server, settings, "in_use"), _fetch(data_server, settings, "idle")
     _last_used(in_use, settings.query_timeout_s / 2)
     _last_used(idle, 3 * DAY_S)
     _fetch(data_server, bounded, "new")
-    assert _cached(bounded) == _names(data_server, bounded, "in_use", "new")  # over, for now
+    assert _cached(bounded) == _names(data_server, bounded, "in_use", "new")
 
 
-def test_the_file_just_downloaded_is_kept_even_alone_over_the_bound(
+def test_a_download_that_fits_only_by_evicting_a_file_in_use_is_refused(
+    data_server: FakeDataServer, settings: Settings
+) -> None:
+    bounded = _bounded(settings, 1.5)
+    in_use = _fetch(data_server, settings, "in_use")
+    _last_used(in_use, settings.query_timeout_s / 2)
+    with pytest.raises(CacheFull) as refused:
+        _fetch(data_server, bounded, "new")
+    assert refused.value.error == CACHE_FULL
+    assert _cached(bounded) == {in_use.name}
+    assert not list(bounded.resolved_cache_dir.glob("*.part*"))
+
+
+def test_a_file_larger_than_the_whole_cache_is_refused_and_leaves_nothing(
     data_server: FakeDataServer, settings: Settings
 ) -> None:
     bounded = _bounded(settings, 0.5)
-    _last_used(_fetch(data_server, settings, "old"), DAY_S)
-    big = _fetch(data_server, bounded, "big")
-    assert _cached(bounded) == {big.name}
-    assert _fetch(data_server, bounded, "big") == big
-    assert data_server.requests["/big.csv"] == 1
+    with pytest.raises(CacheFull):
+        _fetch(data_server, bounded, "big")
+    assert _cached(bounded) == set()
+    assert not list(bounded.resolved_cache_dir.glob("*.part*"))
 
 
 def test_an_evicted_file_is_downloaded_again(

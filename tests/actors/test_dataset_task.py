@@ -15,8 +15,8 @@ import polars as pl
 import pytest
 import ray
 
+from actors.cache import cache_path
 from actors.dataset_task import (
-    cache_path,
     ensure_local,
     inspect_dataset,
     inspect_local,
@@ -260,8 +260,9 @@ def test_ensure_local_is_safe_under_concurrent_callers(
     assert len(set(results)) == 1
     assert data_server.requests["/sales.csv"] == 1
     assert sorted(p.name for p in settings.resolved_cache_dir.iterdir()) == sorted(
-        [results[0].name, results[0].with_suffix(".lock").name]
+        [results[0].name, results[0].with_suffix(".lock").name, ".reservations"]
     )
+    assert not list((settings.resolved_cache_dir / ".reservations").iterdir())
 
 
 def test_ensure_local_refuses_a_changed_format(

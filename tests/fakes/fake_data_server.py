@@ -65,6 +65,7 @@ class FakeFile:
     stall_after: int | None = None  # send headers and this many body bytes, then go quiet
     cut_after: int | None = None  # send this many body bytes of a full Content-Length, then close
     content_type: str = "application/octet-stream"
+    no_length: bool = False  # no Content-Length: the body ends when the connection closes
 
     def size(self) -> int:
         return self.body.stat().st_size if isinstance(self.body, Path) else len(self.body)
@@ -198,7 +199,11 @@ def _handler_for(server: FakeDataServer) -> type[BaseHTTPRequestHandler]:
                 start, length, status = parsed[0], parsed[1], 206
             self.send_response(status)
             self.send_header("Content-Type", spec.content_type)
-            self.send_header("Content-Length", str(length))
+            if spec.no_length:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            else:
+                self.send_header("Content-Length", str(length))
             if spec.ranges:
                 self.send_header("Accept-Ranges", "bytes")
             if status == 206:

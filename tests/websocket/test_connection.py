@@ -2,27 +2,43 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from datetime import timedelta
 
+import httpx
 import ray
 from sqlalchemy import update
+from websockets.sync.client import connect
 
 from actors.session import get_session_actor
 from chatdf.db import Database, UserSession, utcnow
 from chatdf.store import hash_secret
-from tests.live import LiveServer, WSHelper
-from tests.websocket.conftest import SignedIn
+from tests.fakes.fake_data_server import FakeDataServer
+from tests.live import LiveServer, WSHelper, wait_until
+from tests.websocket.conftest import JoinedEdge, SignedIn
+
+
+def _load(client: httpx.Client, server: FakeDataServer) -> str:
+    """Starts a real dataset load through the user's session actor; returns the dataset id."""
+    conv = client.post("/conversations").json()["id"]
+    url = server.add(f"/{uuid.uuid4().hex}.csv", b"a\n1\n")
+    dataset_id: str = client.post(f"/conversations/{conv}/datasets", json={"url": url}).json()[
+        "dataset_id"
+    ]
+    return dataset_id
 
 
 def test_ws_conn_1_valid_token_connects_and_is_two_way(
-    live: LiveServer, user: SignedIn, ws_helper: WSHelper
+    live: LiveServer, user: SignedIn, ws_helper: WSHelper, data_server: FakeDataServer
 ) -> None:
-    """WS-CONN-1: a valid session token is accepted; frames flow both ways."""
+    """WS-CONN-1: a valid session token is accepted; frames flow both ways (the server's are
+    the session actor's events of a real load)."""
     assert live.manager.count(user.user_id) == 1
     ws_helper.ws.send('{"type": "pong"}')  # client -> server is accepted and ignored
-    sent = live.call(live.manager.send_to_user(user.user_id, {"type": "ping"}))
-    assert sent == 1
-    assert ws_helper.receive_json() == {"type": "ping"}
+    dataset_id = _load(user.client, data_server)
+    loading = ws_helper.receive_event()
+    assert (loading["type"], loading["dataset_id"]) == ("dataset_loading", dataset_id)
 
 
 def test_ws_conn_2_unknown_token_closes_4001(live: LiveServer) -> None:
@@ -51,15 +67,17 @@ def test_ws_conn_4_missing_token_closes_4001(live: LiveServer) -> None:
         assert ws.close_code() == 4001
 
 
-def test_cookie_auth_needs_allowed_origin(live: LiveServer, user: SignedIn) -> None:
+def test_cookie_auth_needs_allowed_origin(
+    live: LiveServer, user: SignedIn, data_server: FakeDataServer
+) -> None:
     """Cookie-authenticated sockets must come from an allowed Origin (CSWSH guard)."""
     cookie = {"Cookie": f"session_token={user.token}"}
     with live.ws(None, additional_headers=cookie, origin="http://evil.example") as ws:
         assert ws.close_code() == 4001
     allowed = live.settings.allowed_origins[0]
     with live.ws(None, additional_headers=cookie, origin=allowed) as ws:
-        live.call(live.manager.send_to_user(user.user_id, {"type": "ping"}))
-        assert ws.receive_json()["type"] == "ping"
+        dataset_id = _load(user.client, data_server)
+        assert ws.receive_until("dataset_loaded")[-1]["dataset_id"] == dataset_id
 
 
 def test_two_tabs_of_one_user_both_receive_an_actor_event(live: LiveServer, user: SignedIn) -> None:
@@ -76,33 +94,29 @@ def test_two_tabs_of_one_user_both_receive_an_actor_event(live: LiveServer, user
         assert tab2.receive_event()["phase"] == "queued"
 
 
-def test_other_users_do_not_receive_my_events(live: LiveServer, user: SignedIn) -> None:
+def test_other_users_do_not_receive_my_events(
+    live: LiveServer, user: SignedIn, data_server: FakeDataServer
+) -> None:
     other_token, _other_id, other_client = live.login("someone-else@example.com")
     with live.ws(user.token) as mine, live.ws(other_token) as theirs:
-        live.call(live.manager.send_to_user(user.user_id, {"type": "ping"}))
-        assert mine.receive_json()["type"] == "ping"
+        dataset_id = _load(user.client, data_server)
+        assert mine.receive_until("dataset_loaded")[-1]["dataset_id"] == dataset_id
         theirs.assert_no_message(0.3)
     other_client.close()
 
 
-def test_token_never_logged(live: LiveServer, user: SignedIn, caplog: object) -> None:
-    """The redaction filter strips session tokens from log lines (uvicorn logs query strings)."""
-    import logging
-
-    from api.cli import RedactTokens
-
-    record = logging.LogRecord(
-        "uvicorn.error",
-        logging.INFO,
-        __file__,
-        1,
-        '%s - "WebSocket /ws?token=%s" [accepted]',
-        ("127.0.0.1", user.token),
-        None,
-    )
-    assert RedactTokens().filter(record)
-    assert user.token not in record.getMessage()
-    assert "token=[redacted]" in record.getMessage()
+def test_token_never_logged(joined_edge: JoinedEdge, live: LiveServer, user: SignedIn) -> None:
+    """A running `chatdf serve` (its own logging set-up, uvicorn's access lines, INFO) writes no
+    session token to its output, though the socket carried it in its query string."""
+    ws_url = joined_edge.url.replace("http://", "ws://") + f"/ws?token={user.token}"
+    with connect(ws_url, open_timeout=30) as ws:
+        assert json.loads(ws.recv(timeout=10)) == {"type": "ping"}  # accepted and registered
+    me = httpx.get(f"{joined_edge.url}/auth/me", params={"token": user.token})
+    assert me.status_code == 401  # a token in a URL is no credential, but still a secret
+    assert wait_until(lambda: "/auth/me" in joined_edge.log.read_text(), limit_s=10)
+    text = joined_edge.log.read_text()
+    assert "WebSocket /ws?token=[redacted]" in text, text
+    assert user.token not in text
 
 
 def test_two_tabs_connecting_at_once_both_get_the_first_event(
@@ -114,8 +128,8 @@ def test_two_tabs_connecting_at_once_both_get_the_first_event(
     with ThreadPoolExecutor(2) as pool:
         tabs = list(pool.map(lambda _: live.ws(user.token), range(2)))
     try:
-        live.call(live.manager.send_to_user(user.user_id, {"type": "unknown_type", "n": 1}))
         actor = get_session_actor(user.user_id, live.settings)
+        ray.get(actor.publish.remote({"type": "unknown_type", "n": 1}))
         ray.get(actor.publish.remote({"type": "unknown_type", "n": 2}))
         for tab in tabs:
             assert tab.receive_json()["n"] == 1

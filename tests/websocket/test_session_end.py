@@ -6,8 +6,10 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
+import ray
 from sqlalchemy import update
 
+from actors.session import get_session_actor
 from chatdf.db import Database, UserSession, utcnow
 from chatdf.settings import Settings
 from chatdf.store import hash_secret
@@ -32,7 +34,8 @@ def test_logout_closes_that_sessions_sockets_at_once(live: LiveServer) -> None:
     with live.ws(first) as ws_first, live.ws(second) as ws_second:
         assert client.post("/auth/logout").json() == {"success": True}
         assert ws_first.close_code() == 4001
-        live.call(live.manager.send_to_user(user_id, {"type": "unknown_type"}))
+        actor = get_session_actor(user_id, live.settings)  # the other keeps the actor's events
+        ray.get(actor.publish.remote({"type": "unknown_type"}))
         assert ws_second.receive_json()["type"] == "unknown_type"
     client.close()
     other.close()
