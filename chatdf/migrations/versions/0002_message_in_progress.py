@@ -21,7 +21,11 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column("messages", sa.Column("in_progress", sa.Boolean(), nullable=True))
+    # Only if missing: a database adopted at 0001 may have been given the column by the
+    # additive start-up step of an earlier build (adoption stamps 0001, then upgrades).
+    columns = {c["name"] for c in sa.inspect(op.get_bind()).get_columns("messages")}
+    if "in_progress" not in columns:
+        op.add_column("messages", sa.Column("in_progress", sa.Boolean(), nullable=True))
 
 
 def downgrade() -> None:
