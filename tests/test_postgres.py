@@ -62,9 +62,12 @@ def _create(url: str) -> bool:
 
 def test_edges_starting_together_all_create_the_schema(pg_url: str) -> None:
     """Several edges starting at once on an empty PostgreSQL database all come up."""
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(4) as pool:
+    # Spawned, as separate edges are: a fork of this process (which holds a Ray driver) can
+    # crash in Ray's C++ state when the child collects an inherited Ray object.
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
         assert all(pool.map(_create, [pg_url] * 4))
 
 
