@@ -158,12 +158,19 @@ class Sessions:
 
     async def _bind(self, user_id: str) -> Any:
         spare = await self.pool.take() if self.pool is not None else None
+        warm = spare is not None  # a pool's spare exits with this edge; a cold one does not
         if spare is None:
             spare = await asyncio.to_thread(start_unbound_actor, self.settings)
         name, handle = spare
-        winner: str = await handle.bind.remote(user_id)
+        try:
+            winner: str = await handle.bind.remote(user_id)
+        except Exception:
+            bound = await self.find(user_id, fresh=True)
+            if not warm and not _same_actor(bound, handle):
+                _kill(handle)  # it never became anyone's session: do not leave it running
+            raise
         if winner != name:  # another edge bound one first: use it
-            if self.pool is not None:
+            if warm and self.pool is not None:
                 self.pool.give_back(spare)
             else:
                 _kill(handle)
@@ -179,6 +186,10 @@ class Sessions:
         self._handles.move_to_end(user_id)
         while len(self._handles) > HANDLE_CACHE_MAX:
             self._handles.popitem(last=False)
+
+
+def _same_actor(a: Any, b: Any) -> bool:
+    return a is not None and b is not None and a._actor_id == b._actor_id
 
 
 def _named_actor(name: str, namespace: str) -> Any:
