@@ -454,9 +454,14 @@ async def test_a_query_takes_a_node_slot_not_a_cpu(
     cpus = ray.available_resources().get("CPU", 0)  # type: ignore[no-untyped-call]
     runner = asyncio.ensure_future(run_sql(SLOW_SQL, tables, settings))
     assert await asyncio.to_thread(wait_until, lambda: sql_workers_running() == 1)
-    available = ray.available_resources()  # type: ignore[no-untyped-call]
-    assert available.get(QUERY_SLOT, 0) == slots - 1
-    assert available.get("CPU", 0) == cpus  # no CPU reserved: Polars' threads share the cores
+
+    def available() -> dict[str, float]:
+        resources: dict[str, float] = ray.available_resources()  # type: ignore[no-untyped-call]
+        return resources
+
+    # The driver's view of resources follows the raylet's by a report interval: wait for it.
+    assert await asyncio.to_thread(wait_until, lambda: available().get(QUERY_SLOT, 0) == slots - 1)
+    assert available().get("CPU", 0) == cpus  # no CPU reserved: Polars' threads share the cores
     runner.cancel()
     with pytest.raises(asyncio.CancelledError):
         await runner
