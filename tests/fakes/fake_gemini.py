@@ -8,16 +8,16 @@ import re
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
 from chatdf.settings import Settings
+from tests.fakes.scripted import ScriptedServer
 
 TOO_LONG_MESSAGE = (
     "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576)."
@@ -33,7 +33,6 @@ _STATUS_NAMES = {
     504: "DEADLINE_EXCEEDED",
 }
 _PATH = re.compile(r"^/(?P<version>[^/]+)/models/(?P<model>[^:/]+):(?P<method>\w+)$")
-_GATE_POLL_S = 0.05  # how often a held stream checks whether the fake is closing
 
 
 @dataclass
@@ -142,7 +141,7 @@ def split_text(text: str, chunks: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)] or [""]
 
 
-class FakeGemini:
+class FakeGemini(ScriptedServer[Reply]):
     """Loopback HTTP server answering `:streamGenerateContent`, `:generateContent`, `:countTokens`.
 
     Tests queue replies (`script_*`); each model request pops one, and every request body is
@@ -151,42 +150,16 @@ class FakeGemini:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._replies: deque[Reply] = deque()
+        super().__init__(_make_handler)
         self.requests: list[RecordedRequest] = []
         self.fallback: Reply | None = None  # served (repeatedly) when the queue is empty
         self.unscripted = 0
-        self._closing = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": _GATE_POLL_S}, daemon=True
-        )
 
     # Lifecycle --------------------------------------------------------------------------------
 
     @property
     def base_url(self) -> str:
-        port = self._server.server_address[1]
-        return f"http://127.0.0.1:{port}"
-
-    def start(self) -> FakeGemini:
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self._closing.set()
-        with self._lock:
-            for reply in self._replies:
-                reply.release()
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> FakeGemini:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return f"http://127.0.0.1:{self.port}"
 
     # Scripting ----------------------------------------------------------------------------------
 
@@ -281,10 +254,6 @@ class FakeGemini:
         """Queues Gemini's answer to a prompt over the model's context window."""
         return self.script_error(400, TOO_LONG_MESSAGE, "INVALID_ARGUMENT")
 
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._replies)
-
     # Serving ------------------------------------------------------------------------------------
 
     def _record(self, request: RecordedRequest) -> None:
@@ -298,11 +267,6 @@ class FakeGemini:
                 return self._replies.popleft()
             self.unscripted += 1
             return self.fallback
-
-    def _wait(self, gate: threading.Event) -> None:
-        while not gate.wait(_GATE_POLL_S):
-            if self._closing.is_set():
-                return
 
 
 def _make_handler(fake: FakeGemini) -> type[BaseHTTPRequestHandler]:

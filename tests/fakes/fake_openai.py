@@ -6,11 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import threading
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -18,6 +16,7 @@ from pydantic import SecretStr
 
 from chatdf.settings import Settings
 from tests.fakes.fake_gemini import Reply, Step, split_text
+from tests.fakes.scripted import ScriptedServer
 
 MODEL = "fake-model"
 API_KEY = "fake-openai-key"
@@ -25,7 +24,6 @@ TOO_LONG_MESSAGE = (
     "This model's maximum context length is 8192 tokens. However, your messages resulted in "
     "9120 tokens. Please reduce the length of the messages."
 )
-_GATE_POLL_S = 0.05
 
 
 @dataclass
@@ -103,7 +101,7 @@ def usage_chunk(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
     }
 
 
-class FakeOpenAI:
+class FakeOpenAI(ScriptedServer[Reply]):
     """Loopback HTTP server answering POST {base}/chat/completions with `stream: true` SSE.
 
     Tests queue replies (`script_*`); each request pops one and is recorded in `requests`.
@@ -112,39 +110,14 @@ class FakeOpenAI:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._replies: deque[Reply] = deque()
+        super().__init__(_make_handler)
         self._usage: dict[int, dict[str, Any]] = {}  # reply id -> its usage chunk
         self.requests: list[RecordedRequest] = []
-        self._closing = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": _GATE_POLL_S}, daemon=True
-        )
 
     @property
     def base_url(self) -> str:
         """What MODEL_BASE_URL is set to (the SDK appends /chat/completions)."""
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
-
-    def start(self) -> FakeOpenAI:
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self._closing.set()
-        with self._lock:
-            for reply in self._replies:
-                reply.release()
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> FakeOpenAI:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return f"http://127.0.0.1:{self.port}/v1"
 
     # Scripting ----------------------------------------------------------------------------------
 
@@ -238,10 +211,6 @@ class FakeOpenAI:
         """Queues OpenAI's (and vLLM's) answer to a prompt over the context window."""
         return self.script_error(400, TOO_LONG_MESSAGE, "context_length_exceeded")
 
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._replies)
-
     # Serving ------------------------------------------------------------------------------------
 
     def _next_reply(self, request: RecordedRequest) -> tuple[Reply | None, dict[str, Any] | None]:
@@ -251,11 +220,6 @@ class FakeOpenAI:
                 return None, None
             reply = self._replies.popleft()
             return reply, self._usage.pop(id(reply), None)
-
-    def _wait(self, gate: threading.Event) -> None:
-        while not gate.wait(_GATE_POLL_S):
-            if self._closing.is_set():
-                return
 
 
 def _make_handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
