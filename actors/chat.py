@@ -184,26 +184,25 @@ class ChatRunner:
 
     async def query(self, conversation_id: str, sql: object) -> dict[str, Any]:
         """Runs SQL on the conversation's ready datasets under the sandbox and limits."""
-        from actors.tasks import run_sql
-
         if not isinstance(sql, str) or not sql.strip():
             raise BadRequest("sql must be a non-empty string")
         tables = await asyncio.to_thread(self._ready_tables, conversation_id)
-        result: dict[str, Any] = await run_sql(sql, self._owned(tables), self.settings)
-        return result
+        return await self._run_sql(sql, tables)
 
     async def _tool_query(self, sql: str, datasets: list[dict[str, Any]]) -> dict[str, Any]:
         """The model's execute_sql: on the datasets the turn already holds (read once, when the
         turn started, plus what it loaded), not a database read per call."""
+        tables = [table_json(d) for d in datasets if d.get("status") == "ready"]
+        return await self._run_sql(sql, tables)
+
+    async def _run_sql(self, sql: str, tables: list[dict[str, Any]]) -> dict[str, Any]:
+        """One query as a Ray task; a copy it downloads again counts against this user's share
+        of the cache."""
         from actors.tasks import run_sql
 
-        tables = [table_json(d) for d in datasets if d.get("status") == "ready"]
-        result: dict[str, Any] = await run_sql(sql, self._owned(tables), self.settings)
+        owned = [{**table, "owner": self.user_id} for table in tables]
+        result: dict[str, Any] = await run_sql(sql, owned, self.settings)
         return result
-
-    def _owned(self, tables: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """A copy a query downloads again counts against this user's share of the cache."""
-        return [{**table, "owner": self.user_id} for table in tables]
 
     def _ready_tables(self, conversation_id: str) -> list[dict[str, Any]]:
         with self.db.session() as s:
