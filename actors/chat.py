@@ -84,9 +84,22 @@ class ChatRunner:
         self.datasets = datasets
         self._turns: dict[str, RunningTurn] = {}
         self._llm: ModelClient | None = None
+        # Conversations whose answer an older deploy's actor is still writing (a handover,
+        # actors/session.py): they count as running here until it has finished.
+        self.elsewhere: set[str] = set()
 
     def running_count(self) -> int:
         return len(self._turns)
+
+    def running_conversations(self) -> list[str]:
+        return list(self._turns)
+
+    def running_messages(self) -> dict[str, str]:
+        """The running turns: conversation id -> the id of the answer being written."""
+        return {conv: turn.message_id for conv, turn in self._turns.items()}
+
+    def running_tasks(self) -> list[asyncio.Task[None]]:
+        return [turn.task for turn in self._turns.values() if turn.task is not None]
 
     def close_orphaned_answers(self) -> int:
         """Answers a previous actor was still streaming when it died end as interrupted: what
@@ -109,10 +122,11 @@ class ChatRunner:
     async def post(self, conversation_id: str, content: object) -> dict[str, Any]:
         """Saves the user message and starts a turn; 409 while one runs, 429 over budget."""
         text = self._validate(content)  # ownership: the edge checked; saving checks again
-        if conversation_id in self._turns:
+        if conversation_id in self._turns or conversation_id in self.elsewhere:
             raise Conflict("A response is already being generated for this conversation")
+        running = len(self._turns) + len(self.elsewhere)
         cap = self.settings.max_concurrent_turns_per_user
-        if len(self._turns) >= cap:
+        if running >= cap:
             raise TooManyRequests(
                 f"{cap} answers are being generated already; wait for one to finish",
                 "MAX_CONCURRENT_TURNS_PER_USER",
@@ -123,7 +137,7 @@ class ChatRunner:
             self.budget.check()
         # Each running turn holds an estimate of what it will spend, so a user near the limit
         # cannot start many turns at once (docs/budgets.md: the bound on overshoot).
-        reserved = len(self._turns) * self.settings.turn_token_reserve
+        reserved = running * self.settings.turn_token_reserve
         if self.budget.is_exceeded(reserved):
             observe.budget_refused("reserved")
             raise TooManyRequests(

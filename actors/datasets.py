@@ -49,9 +49,17 @@ class DatasetLoader:
         # Adds run in threads; one at a time, so racing adds cannot both pass the duplicate,
         # count and table-name checks (all of a user's adds go through this one actor).
         self._admission = threading.Lock()
+        self.elsewhere = 0  # loads an older deploy's actor is still running (a handover)
 
     def running_count(self) -> int:
         return len(self._loads)
+
+    def running_loads(self) -> dict[str, str]:
+        """The running loads: dataset id -> its conversation id."""
+        return {dataset_id: conv for dataset_id, (conv, _task) in self._loads.items()}
+
+    def running_tasks(self) -> list[asyncio.Task[dict[str, Any]]]:
+        return [task for _conv, task in self._loads.values()]
 
     def fail_orphaned_loads(self) -> int:
         """Rows left 'loading' by a previous actor (crash, restart) end in error, not stuck."""
@@ -80,7 +88,8 @@ class DatasetLoader:
     async def add(self, conversation_id: str, url: str) -> dict[str, Any]:
         """Admits the URL, answers at once, and loads in the background (events follow)."""
         cap = self.settings.max_concurrent_loads_per_user
-        if len(self._loads) >= cap:  # slow servers must not let one user hold every slot
+        # Slow servers must not let one user hold every slot.
+        if len(self._loads) + self.elsewhere >= cap:
             raise TooManyRequests(
                 f"{cap} datasets are loading already; wait for one to finish",
                 "MAX_CONCURRENT_LOADS_PER_USER",

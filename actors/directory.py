@@ -6,7 +6,8 @@ user. A binding is a key `chatdf-session/<user>/<generation>` holding the actor'
 highest generation is the user's session. Binding writes generation n+1 only when the actor named
 by generation n is gone, with the store's put-if-absent, so two edges (or two spares) racing for
 one user agree on the winner, and no key is ever overwritten or deleted by anyone but the actor it
-names (or, once that actor is gone, its successor).
+names (or, once that actor is gone, its successor). An actor of a newer deploy may also bind
+over a live one of an older deploy (`replacing`), which then drains and exits (actors/version.py).
 """
 
 from __future__ import annotations
@@ -14,21 +15,22 @@ from __future__ import annotations
 from typing import Any
 
 KEY_PREFIX = "chatdf-session/"
+RETIRING_PREFIX = "chatdf-retiring/"  # bindings of older deploys' actors finishing their turns
 MAX_BIND_ATTEMPTS = 20  # each lost race means another actor won: reading it ends the loop
 
 
-def _prefix(user_id: str) -> bytes:
-    return f"{KEY_PREFIX}{user_id}/".encode()
+def _prefix(user_id: str, kind: str = KEY_PREFIX) -> bytes:
+    return f"{kind}{user_id}/".encode()
 
 
-def _key(user_id: str, generation: int) -> bytes:
-    return _prefix(user_id) + f"{generation:012d}".encode()
+def _key(user_id: str, generation: int, kind: str = KEY_PREFIX) -> bytes:
+    return _prefix(user_id, kind) + f"{generation:012d}".encode()
 
 
-def _generations(user_id: str, namespace: str) -> list[int]:
+def _generations(user_id: str, namespace: str, kind: str = KEY_PREFIX) -> list[int]:
     from ray.experimental.internal_kv import _internal_kv_list
 
-    prefix = _prefix(user_id)
+    prefix = _prefix(user_id, kind)
     found = []
     for key in _internal_kv_list(prefix, namespace=namespace):
         tail = key[len(prefix) :]
@@ -37,10 +39,12 @@ def _generations(user_id: str, namespace: str) -> list[int]:
     return sorted(found)
 
 
-def _bound_name(user_id: str, generation: int, namespace: str) -> str | None:
+def _bound_name(
+    user_id: str, generation: int, namespace: str, kind: str = KEY_PREFIX
+) -> str | None:
     from ray.experimental.internal_kv import _internal_kv_get
 
-    value = _internal_kv_get(_key(user_id, generation), namespace=namespace)
+    value = _internal_kv_get(_key(user_id, generation, kind), namespace=namespace)
     return value.decode() if value else None
 
 
@@ -58,17 +62,40 @@ def _live_actor(name: str | None, namespace: str) -> Any:
 
 def find_session_actor(user_id: str, namespace: str) -> Any:
     """The user's live session actor; ValueError when none runs (this never starts one)."""
+    return find_bound(user_id, namespace)[1]
+
+
+def find_bound(user_id: str, namespace: str) -> tuple[str, Any]:
+    """The name and handle of the user's live session actor; ValueError when none runs."""
     generations = _generations(user_id, namespace)
     if generations:
-        handle = _live_actor(_bound_name(user_id, generations[-1], namespace), namespace)
+        name = _bound_name(user_id, generations[-1], namespace)
+        handle = _live_actor(name, namespace)
         if handle is not None:
-            return handle
+            return str(name), handle
     raise ValueError(f"no session actor runs for user {user_id}")
 
 
-def bind(user_id: str, name: str, namespace: str) -> tuple[str, int]:
+def find_streaming(user_id: str, namespace: str) -> list[Any]:
+    """The user's live session actors, current first: during a deploy's handover also the older
+    deploy's actor, still finishing turns whose events the edges must keep streaming."""
+    found = []
+    for kind in (KEY_PREFIX, RETIRING_PREFIX):
+        for generation in reversed(_generations(user_id, namespace, kind)):
+            handle = _live_actor(_bound_name(user_id, generation, namespace, kind), namespace)
+            if handle is not None:
+                found.append(handle)
+    return found
+
+
+def bind(user_id: str, name: str, namespace: str, replacing: str = "") -> tuple[str, int]:
     """Binds the actor `name` to the user unless a live actor already is; returns the bound
-    actor's name and its generation (the caller's own name when it won)."""
+    actor's name and its generation (the caller's own name when it won).
+
+    `replacing`: the name of a live actor of an older deploy that this one takes over from; it
+    counts as gone here (it stops taking new work once told, see SessionActor.retire). Its
+    binding moves to the retiring keys, which edges still stream from but nobody binds to.
+    """
     from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
 
     for _ in range(MAX_BIND_ATTEMPTS):
@@ -78,14 +105,22 @@ def bind(user_id: str, name: str, namespace: str) -> tuple[str, int]:
             current = _bound_name(user_id, top, namespace)
             if current == name:
                 return name, top
-            if _live_actor(current, namespace) is not None:
+            if current != replacing and _live_actor(current, namespace) is not None:
                 return str(current), top
         existed = _internal_kv_put(
             _key(user_id, top + 1), name.encode(), overwrite=False, namespace=namespace
         )
         if not existed:
             for stale in generations:  # their actors are gone: nobody else reads them now
+                if replacing and _bound_name(user_id, stale, namespace) == replacing:
+                    # Still finishing its turns; it removes this key as it exits.
+                    retiring = _key(user_id, stale, RETIRING_PREFIX)
+                    _internal_kv_put(retiring, replacing.encode(), namespace=namespace)
                 _internal_kv_del(_key(user_id, stale), namespace=namespace)
+            for gone in _generations(user_id, namespace, RETIRING_PREFIX):
+                if _live_actor(_bound_name(user_id, gone, namespace, RETIRING_PREFIX), namespace):
+                    continue
+                _internal_kv_del(_key(user_id, gone, RETIRING_PREFIX), namespace=namespace)
             return name, top + 1
     raise RuntimeError(f"could not bind a session actor for user {user_id}")
 
@@ -95,3 +130,4 @@ def unbind(user_id: str, generation: int, namespace: str) -> None:
     from ray.experimental.internal_kv import _internal_kv_del
 
     _internal_kv_del(_key(user_id, generation), namespace=namespace)
+    _internal_kv_del(_key(user_id, generation, RETIRING_PREFIX), namespace=namespace)

@@ -17,6 +17,10 @@ Stamped = tuple[float, Event]  # (publish time, event): the edge filters by each
 _CLOSE = object()
 MAX_BATCH = 500
 TICK_S = 1e-6  # stamps strictly increase, so "after the last one I got" is exact
+# The first item of a subscription: what the actor is running as the edge subscribes, so the
+# edge can end it for the sockets if the actor dies, even a socket opened mid-turn. Edge-only:
+# never sent to a socket.
+IN_FLIGHT = "_in_flight"
 
 
 class Fanout:
@@ -43,6 +47,8 @@ class Fanout:
         self._last_stamp = 0.0
         self._queues: dict[str, asyncio.Queue[object]] = {}
         self._edges: dict[str, str] = {}  # sub_id -> the edge (hub name) it came from
+        self._streaming = 0  # streams running, closed ones still sending their last events
+        self._emptied = asyncio.Event()  # set when the last stream has ended
 
     def __len__(self) -> int:
         return len(self._queues)
@@ -75,6 +81,17 @@ class Fanout:
         self._edges.pop(sub_id, None)
         if queue is not None:
             queue.put_nowait(_CLOSE) if not queue.full() else self._force_close(queue)
+
+    def close_all(self) -> None:
+        """Ends every stream after the events already queued for it (the actor is retiring)."""
+        for sub_id in list(self._queues):
+            self.close(sub_id)
+
+    async def wait_empty(self) -> None:
+        """Returns once no stream runs (every edge has had its last events)."""
+        while self._streaming:
+            self._emptied.clear()
+            await self._emptied.wait()
 
     def drop_edge(self, edge: str) -> int:
         """Drops every subscription of one edge (it died); returns how many."""
@@ -113,6 +130,7 @@ class Fanout:
             queue.put_nowait(item)
         self._queues[sub_id] = queue
         self._edges[sub_id] = edge
+        self._streaming += 1
         try:
             yield []
             while True:
@@ -128,6 +146,9 @@ class Fanout:
                     batch.append(nxt)  # type: ignore[arg-type]
                 yield batch
         finally:
+            self._streaming -= 1
+            if not self._streaming:
+                self._emptied.set()
             if self._queues.get(sub_id) is queue:
                 del self._queues[sub_id]
                 self._edges.pop(sub_id, None)

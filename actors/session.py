@@ -17,20 +17,27 @@ from actors.budget import TokenBudget, prune_cutoff, prune_usage
 from actors.chat import ChatRunner
 from actors.datasets import DatasetLoader
 from actors.edges import notify_edges, watch_edge
-from actors.fanout import Event, Fanout, Stamped
+from actors.fanout import IN_FLIGHT, Event, Fanout, Stamped
 from actors.llm import import_provider
 from actors.observe import from_edge, start_process
+from actors.version import actor_name, deploy_version
 from chatdf.db import Database
 from chatdf.settings import Settings
 
 log = logging.getLogger(__name__)
 
-NAME_PREFIX = "session:"
 NOT_BOUND = "This session actor is not bound to a user"
+HANDOVER_TIMEOUT_S = 10.0  # asking the actor of an older deploy to retire
+FLUSH_TIMEOUT_S = 5.0  # a retiring actor's last events reaching the edges before it exits
 
 
 class NotBound(RuntimeError):
     """A call reached a started actor before it was bound to a user (a bug, not a user error)."""
+
+
+class Retired(RuntimeError):
+    """New work reached an actor of an older deploy that has handed its user over: the edge
+    asks the directory again and calls the user's current actor (api/deps.call_actor)."""
 
 
 class SessionActor:
@@ -41,6 +48,13 @@ class SessionActor:
     user first needs it (`bind`, through actors/directory.py). It then lives while its user is
     active (a call within ACTOR_IDLE_TIMEOUT_S, a running turn or load) and exits, open sockets
     or not.
+
+    Deploys: an actor of a newer deploy (actors/version.py) binds over a live one of an older
+    deploy and tells it to `retire`. The old one takes no new work, finishes its running turns
+    and loads (their events still reach every edge), then exits; until it has, the new one
+    counts the old one's turns and loads against the user's caps, answers 409 for a conversation
+    whose answer the old one is still writing, forwards stops to it, and leaves its rows alone
+    (no start-up sweep of "orphaned" answers and loads while their owner still runs).
     """
 
     def __init__(
@@ -50,8 +64,10 @@ class SessionActor:
         clock: Callable[[], float] = time.time,
         *,
         edge: str = "",
+        version: str = "",
     ) -> None:
         self.settings = settings
+        self.version = version
         self.clock = clock
         start_process(settings)  # LOG_FORMAT=json in this process (actors/observe.py)
         self.db = Database(
@@ -71,6 +87,9 @@ class SessionActor:
         self._startup: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._watched: set[str] = set()  # edges whose death this actor listens for
+        self._retiring: asyncio.Task[None] | None = None  # handing over to a newer deploy
+        self._predecessor: Any = None  # an older deploy's actor still finishing its work
+        self._closing = False  # retired and done: streams end, new ones are refused
         if user_id is not None:
             self._take_user(user_id)
 
@@ -99,9 +118,12 @@ class SessionActor:
             log.info("edge %s is gone; its unbound session actor exits", edge)
             _exit_current_actor()
 
-    async def bind(self, user_id: str) -> str:
+    async def bind(self, user_id: str, replacing: str = "") -> str:
         """Becomes `user_id`'s session unless a live actor already is; returns the name of the
-        user's session actor (this one's when it won)."""
+        user's session actor (this one's when it won).
+
+        `replacing`: the user's live actor of an older deploy, which this one takes over from.
+        """
         async with self._bind_lock:
             if self.user_id == user_id:
                 return _current_actor_name()
@@ -111,7 +133,7 @@ class SessionActor:
             name = _current_actor_name()
             try:
                 winner, generation = await asyncio.to_thread(
-                    directory.bind, user_id, name, self.settings.ray_namespace
+                    directory.bind, user_id, name, self.settings.ray_namespace, replacing
                 )
             except BaseException:
                 self._drop_user()
@@ -120,8 +142,89 @@ class SessionActor:
                 self._drop_user()
                 return winner
             self._generation = generation
+            if replacing:
+                await self._take_over(replacing)
         await self.ready()
         return name
+
+    # Deploys -----------------------------------------------------------------------------
+
+    async def _take_over(self, old_name: str) -> None:
+        """Tells the older deploy's actor to retire, and holds what it still runs against the
+        user's caps until it has finished (before start-up, which must not sweep its rows)."""
+        import ray
+
+        try:
+            old = await asyncio.to_thread(
+                ray.get_actor, old_name, namespace=self.settings.ray_namespace
+            )
+            busy: dict[str, Any] = await asyncio.wait_for(old.retire.remote(), HANDOVER_TIMEOUT_S)
+        except ValueError:
+            return  # it exited meanwhile: a plain start, sweeps included
+        except Exception as exc:
+            if _is_actor_gone(exc):
+                return
+            # An actor from before deploys were versioned (no `retire`), or one not answering:
+            # it may still be writing rows, so this start sweeps none of them (the next does).
+            log.warning("actor %s did not retire (%s); its work is left to it", old_name, exc)
+            self._predecessor = old
+            return
+        self._predecessor = old
+        self.chat.elsewhere = set(busy.get("conversations", ()))
+        self.datasets.elsewhere = int(busy.get("loads", 0))
+        self._spawn(self._after_predecessor(old))
+
+    async def _after_predecessor(self, old: Any) -> None:
+        """Once the retired actor has finished (or died): its turns and loads no longer count
+        here, and rows it left open (it died mid-turn) are swept as at any start."""
+        with contextlib.suppress(Exception):
+            await old.drained.remote()
+        await self.ready()
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self._sweep)
+        self._predecessor = None
+        self.chat.elsewhere = set()
+        self.datasets.elsewhere = 0
+
+    async def retire(self) -> dict[str, Any]:
+        """Hands the user over to a newer deploy's actor: no new work from now on; running turns
+        and loads finish, then the actor exits. Returns what still runs here."""
+        self._bound_user()
+        if self._retiring is None:
+            log.info("session actor for %s hands over to a newer deploy", self.user_id)
+            self._retiring = asyncio.get_running_loop().create_task(
+                self._drain_and_exit(), context=contextvars.Context()
+            )
+        return {
+            "conversations": self.chat.running_conversations(),
+            "loads": self.datasets.running_count(),
+        }
+
+    async def drained(self) -> bool:
+        """Returns once a retiring actor has finished its work (it exits right after)."""
+        if self._retiring is None:
+            raise NotBound("this actor is not retiring")
+        await asyncio.shield(self._retiring)
+        return True
+
+    async def _drain_and_exit(self) -> None:
+        while True:
+            work = self.chat.running_tasks() + self.datasets.running_tasks()
+            if not work:
+                break
+            await asyncio.wait(work)
+        await self._unbind()  # first: edges whose streams end look up the current actor only
+        # The streams end after their queued events, so the edges get every last event.
+        self._closing = True
+        self.fanout.close_all()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.fanout.wait_empty(), FLUSH_TIMEOUT_S)
+        _exit_current_actor()  # a `drained` caller sees the reply or the exit: the same to it
+
+    def _accepting(self) -> None:
+        """New work goes to the user's current actor once this one retires."""
+        if self._retiring is not None:
+            raise Retired(f"this session actor of {self.user_id} has handed over")
 
     def _bound_user(self) -> str:
         if self.user_id is None:
@@ -155,10 +258,15 @@ class SessionActor:
 
     async def _start(self) -> None:
         await asyncio.to_thread(self.budget.load)
-        await asyncio.to_thread(self.datasets.fail_orphaned_loads)
-        await asyncio.to_thread(self.chat.close_orphaned_answers)
+        if self._predecessor is None:  # else its rows are still being written (see _take_over)
+            await asyncio.to_thread(self._sweep)
         self._spawn(self._housekeeping())
         self._spawn(self._wake_edges())
+
+    def _sweep(self) -> None:
+        """Rows a previous actor left open when it died end as interrupted."""
+        self.datasets.fail_orphaned_loads()
+        self.chat.close_orphaned_answers()
 
     async def _wake_edges(self) -> None:
         """Tells every edge this actor started, so those holding the user's sockets subscribe.
@@ -184,6 +292,9 @@ class SessionActor:
             "polars_loaded": "polars" in sys.modules,  # must stay False (see actors/tasks.py)
             "sqlglot_loaded": "sqlglot" in sys.modules,  # also False: SQL is checked in the task
             "warm_start": bool(self._edge),  # started ahead of demand by an edge's pool
+            "version": self.version,  # of the deploy it started with (actors/version.py)
+            "retiring": self._retiring is not None,
+            "taking_over": self._predecessor is not None,
             # Only the configured provider's SDK is ever imported (actors/llm.py make_client).
             "model_sdks_loaded": sorted(m for m in ("google.genai", "openai") if m in sys.modules),
         }
@@ -240,10 +351,21 @@ class SessionActor:
         actor with only sockets behind it still exits once idle.
         """
         await self.ready()
+        if self._closing:  # retired and done: the edge looks for the user's current actor
+            return
         if edge and edge not in self._watched:
             self._watched.add(edge)
             self._spawn(self._drop_when_gone(edge))
+        first = True
         async for batch in self.fanout.stream(sub_id, since, edge):
+            if first:  # registered: what runs now, before any of its events
+                first = False
+                running = {
+                    "type": IN_FLIGHT,
+                    "turns": self.chat.running_messages(),
+                    "loads": self.datasets.running_loads(),
+                }
+                batch = [(0.0, running), *batch]
             yield batch
 
     async def _drop_when_gone(self, edge: str) -> None:
@@ -269,12 +391,14 @@ class SessionActor:
 
     @from_edge
     async def add_dataset(self, conversation_id: str, url: str) -> dict[str, Any]:
+        self._accepting()
         await self.ready()
         self._touch()
         return await self.datasets.add(conversation_id, url)
 
     @from_edge
     async def refresh_dataset(self, conversation_id: str, dataset_id: str) -> dict[str, Any]:
+        self._accepting()
         await self.ready()
         self._touch()
         return await self.datasets.refresh(conversation_id, dataset_id)
@@ -283,6 +407,7 @@ class SessionActor:
 
     @from_edge
     async def post_message(self, conversation_id: str, content: str) -> dict[str, Any]:
+        self._accepting()
         await self.ready()
         self._touch()
         return await self.chat.post(conversation_id, content)
@@ -290,30 +415,53 @@ class SessionActor:
     @from_edge
     async def stop(self, conversation_id: str) -> bool:
         self._touch()
-        return await self.chat.stop(conversation_id)
+        if await self.chat.stop(conversation_id):
+            return True
+        return bool(await self._on_predecessor("stop", conversation_id))
 
     @from_edge
     async def forget_conversation(self, conversation_id: str) -> None:
         """Cancels work on a conversation that is being deleted."""
         await self.chat.stop(conversation_id)
         self.datasets.cancel_conversation(conversation_id)
+        await self._on_predecessor("forget_conversation", conversation_id)
 
     @from_edge
     async def forget_dataset(self, dataset_id: str) -> bool:
         """Cancels the load of a dataset that is being deleted (False: none was running)."""
-        return self.datasets.cancel_load(dataset_id)
+        if self.datasets.cancel_load(dataset_id):
+            return True
+        return bool(await self._on_predecessor("forget_dataset", dataset_id))
+
+    async def _on_predecessor(self, method: str, *args: Any) -> Any:
+        """The same call on the older deploy's actor still finishing work (None: none is)."""
+        old = self._predecessor
+        if old is None:
+            return None
+        try:
+            return await getattr(old, method).remote(*args)
+        except Exception as exc:
+            if _is_actor_gone(exc):
+                return None
+            raise
 
     @from_edge
     async def query(self, conversation_id: str, sql: str) -> dict[str, Any]:
+        self._accepting()
         await self.ready()
         self._touch()
         return await self.chat.query(conversation_id, sql)
 
     @from_edge
     async def usage(self) -> dict[str, Any]:
+        self._accepting()
         await self.ready()
         self._touch()
         return self.budget.snapshot()
+
+
+def _is_actor_gone(exc: BaseException) -> bool:
+    return type(exc).__name__ in ("ActorDiedError", "RayActorError", "ActorUnavailableError")
 
 
 def _exit_current_actor() -> None:
@@ -351,14 +499,20 @@ def actor_class() -> Any:
     return _remote_class
 
 
-def start_unbound_actor(settings: Settings, edge: str = "") -> tuple[str, Any]:
+def start_unbound_actor(
+    settings: Settings, edge: str = "", version: str | None = None
+) -> tuple[str, Any]:
     """Starts a session actor bound to nobody yet: detached (a bound one outlives its edge),
-    self-reaping once bound, gone with `edge` while unbound. Returns its name and handle."""
-    name = f"{NAME_PREFIX}{uuid.uuid4().hex}"
+    self-reaping once bound, gone with `edge` while unbound. Returns its name and handle.
+
+    Its name carries the deploy's version (actors/version.py), computed from `settings` unless
+    given."""
+    version = deploy_version(settings) if version is None else version
+    name = actor_name(version, uuid.uuid4().hex)
     handle = (
         actor_class()
         .options(name=name, namespace=settings.ray_namespace, lifetime="detached")
-        .remote(None, settings, edge=edge)
+        .remote(None, settings, edge=edge, version=version)
     )
     return name, handle
 

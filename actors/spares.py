@@ -9,7 +9,7 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
-from actors import directory
+from actors import directory, version
 from actors.session import start_unbound_actor
 from chatdf.settings import Settings
 
@@ -120,50 +120,81 @@ class Sessions:
     """Finds or binds each user's session actor for this edge (REST routes and the socket side).
 
     Handles are remembered per user; a call that finds its actor gone forgets it (`forget`) and
-    the next lookup binds a new one.
+    the next lookup binds a new one. A user whose actor belongs to an older deploy than this
+    edge's (actors/version.py) is handed over: a new actor binds over the old one, which
+    finishes what it runs and exits.
     """
 
     def __init__(self, settings: Settings, pool: SparePool | None = None) -> None:
         self.settings = settings
         self.pool = pool
-        self._handles: OrderedDict[str, Any] = OrderedDict()
+        self.version = version.deploy_version(settings)
+        self._rank: float | None = None  # when this edge's version first ran in the cluster
+        self._ranks: dict[str, float] = {}  # other versions' (they never change)
+        self._handles: OrderedDict[str, tuple[str, Any]] = OrderedDict()
         self._binding: dict[str, asyncio.Future[Any]] = {}
+
+    async def register(self) -> None:
+        """Records this edge's version in the cluster (at start, before any actor of it)."""
+        if self._rank is None:
+            self._rank = await asyncio.to_thread(
+                version.register, self.version, self.settings.ray_namespace
+            )
 
     async def find(self, user_id: str, *, fresh: bool = False) -> Any:
         """The user's live actor, or None (this never starts one). `fresh`: ask the directory,
         not this edge's memory (which may name an actor that has just exited)."""
-        handle = None if fresh else self._handles.get(user_id)
-        if handle is not None:
-            return handle
+        found = await self._find(user_id, fresh)
+        return None if found is None else found[1]
+
+    async def _find(self, user_id: str, fresh: bool = False) -> tuple[str, Any] | None:
+        found = None if fresh else self._handles.get(user_id)
+        if found is not None:
+            return found
         try:
-            handle = await asyncio.to_thread(
-                directory.find_session_actor, user_id, self.settings.ray_namespace
+            found = await asyncio.to_thread(
+                directory.find_bound, user_id, self.settings.ray_namespace
             )
         except ValueError:
             return None
-        self._remember(user_id, handle)
-        return handle
+        self._remember(user_id, found)
+        return found
 
     async def get(self, user_id: str) -> Any:
-        """The user's actor, bound now (a warm spare if one is ready) if none runs."""
-        handle = await self.find(user_id)
-        if handle is not None:
-            return handle
+        """The user's actor, bound now (a warm spare if one is ready) if none runs, or if the
+        one that runs belongs to an older deploy."""
+        found = await self._find(user_id)
+        if found is not None and not await self._outdated(found[0]):
+            return found[1]
         pending = self._binding.get(user_id)
         if pending is None:  # one bind per user at a time on this edge (a page's first calls)
-            pending = asyncio.ensure_future(self._bind(user_id))
+            replacing = "" if found is None else found[0]
+            pending = asyncio.ensure_future(self._bind(user_id, replacing))
             self._binding[user_id] = pending
             pending.add_done_callback(lambda _: self._binding.pop(user_id, None))
         return await asyncio.shield(pending)
 
-    async def _bind(self, user_id: str) -> Any:
+    async def _outdated(self, name: str) -> bool:
+        """Whether the actor `name` runs a deploy older than this edge's."""
+        theirs = version.version_of(name)
+        if theirs == self.version:
+            return False
+        await self.register()
+        if theirs not in self._ranks:
+            self._ranks[theirs] = await asyncio.to_thread(
+                version.rank, theirs, self.settings.ray_namespace
+            )
+        assert self._rank is not None
+        return self._ranks[theirs] < self._rank
+
+    async def _bind(self, user_id: str, replacing: str = "") -> Any:
         spare = await self.pool.take() if self.pool is not None else None
         warm = spare is not None  # a pool's spare exits with this edge; a cold one does not
         if spare is None:
             spare = await asyncio.to_thread(start_unbound_actor, self.settings)
         name, handle = spare
         try:
-            winner: str = await handle.bind.remote(user_id)
+            winner: str = await handle.bind.remote(user_id, replacing)
         except Exception:
             bound = await self.find(user_id, fresh=True)
             if not warm and not _same_actor(bound, handle):
@@ -174,15 +205,16 @@ class Sessions:
                 self.pool.give_back(spare)
             else:
                 _kill(handle)
+            name = winner
             handle = await asyncio.to_thread(_named_actor, winner, self.settings.ray_namespace)
-        self._remember(user_id, handle)
+        self._remember(user_id, (name, handle))
         return handle
 
     def forget(self, user_id: str) -> None:
         self._handles.pop(user_id, None)
 
-    def _remember(self, user_id: str, handle: Any) -> None:
-        self._handles[user_id] = handle
+    def _remember(self, user_id: str, found: tuple[str, Any]) -> None:
+        self._handles[user_id] = found
         self._handles.move_to_end(user_id)
         while len(self._handles) > HANDLE_CACHE_MAX:
             self._handles.popitem(last=False)

@@ -304,9 +304,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await manager.start()
     app.state.connection_manager = manager
     spares = SparePool(settings, manager.hub_name)
+    sessions = Sessions(settings, spares)
+    await sessions.register()  # this deploy's version, before any actor of it starts
     spares.start()
     warming = asyncio.create_task(_warm_task_workers(spares, settings.warm_task_workers))
-    app.state.sessions = Sessions(settings, spares)
+    app.state.sessions = sessions
     if app.state.metrics is not None:
         app.state.metrics.attach(manager)
         manager.on_batch = app.state.metrics.observe_delivery

@@ -93,13 +93,14 @@ OwnedConversationId = Annotated[str, Depends(owned_conversation_id)]
 
 
 async def call_actor(sessions: Sessions, user_id: str, method: str, *args: Any) -> Any:
-    """Calls a method on the user's session actor, binding a new one once if it just exited."""
+    """Calls a method on the user's session actor, binding a new one once if it just exited,
+    or calling the current one if this edge's memory named an actor that has handed over."""
     for attempt in range(2):
         handle = await sessions.get(user_id)
         try:
             return await _remote_call(handle, method, args)
         except Exception as exc:
-            if _actor_gone(exc):
+            if _actor_gone(exc) or type(unwrap(exc)).__name__ == "Retired":
                 sessions.forget(user_id)
                 if attempt == 0:
                     continue

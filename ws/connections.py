@@ -18,9 +18,9 @@ from fastapi import WebSocket
 from ray.exceptions import ActorUnavailableError, RayActorError
 from starlette.websockets import WebSocketState
 
-from actors.directory import find_session_actor
+from actors.directory import find_streaming
 from actors.edges import start_hub
-from actors.fanout import TICK_S, Stamped
+from actors.fanout import IN_FLIGHT, TICK_S, Stamped
 from chatdf.settings import Settings
 from ws.inflight import InFlight
 from ws.protocol import EXTENSION
@@ -56,14 +56,27 @@ class Connection:
 
 
 @dataclass(eq=False)
-class Follower:
-    """The edge's stream from one user's actor: woken when an actor for the user starts."""
+class ActorStream:
+    """The edge's subscription to one session actor of a user."""
 
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    handle: Any
     sub_id: str = ""
     last_stamp: float = 0.0  # of the last actor event received (resubscribing continues after it)
     task: asyncio.Task[None] | None = None
     inflight: InFlight = field(default_factory=InFlight)  # turns and loads the stream left open
+
+
+@dataclass(eq=False)
+class Follower:
+    """The edge's streams from one user's actors: woken when an actor for the user starts.
+
+    Usually one actor; during a deploy's handover also the older deploy's actor, whose running
+    turns go on streaming from it until it exits (actors/session.py, SessionActor.retire).
+    """
+
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    streams: dict[str, ActorStream] = field(default_factory=dict)  # by actor id
+    task: asyncio.Task[None] | None = None
 
 
 class ConnectionManager:
@@ -231,23 +244,26 @@ class ConnectionManager:
             return
         if follower.task is not None:
             follower.task.cancel()
-        if follower.sub_id:
-            self._spawn(self._tell_actor_unsubscribed(user_id, follower.sub_id))
+        for stream in follower.streams.values():
+            if stream.task is not None:
+                stream.task.cancel()
+            if stream.sub_id:
+                self._spawn(self._tell_actor_unsubscribed(stream.handle, stream.sub_id))
 
-    async def _tell_actor_unsubscribed(self, user_id: str, sub_id: str) -> None:
-        with contextlib.suppress(Exception):  # no actor (or it just exited): nothing to end
-            handle = await self._lookup(user_id)
+    @staticmethod
+    async def _tell_actor_unsubscribed(handle: Any, sub_id: str) -> None:
+        with contextlib.suppress(Exception):  # it just exited: nothing to end
             await asyncio.wait_for(handle.unsubscribe.remote(sub_id), timeout=5)
 
-    async def _lookup(self, user_id: str) -> Any:
-        """`_running_actor` on this edge's own lookup threads: a burst of new sockets' lookups
+    async def _lookup(self, user_id: str) -> list[Any]:
+        """`_running_actors` on this edge's own lookup threads: a burst of new sockets' lookups
         (Ray GCS calls) never queues ahead of their sign-in checks on the default executor."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._lookups, self._running_actor, user_id)
+        return await loop.run_in_executor(self._lookups, self._running_actors, user_id)
 
-    def _running_actor(self, user_id: str) -> Any:
-        """The user's live actor; ValueError when none runs (this never starts one)."""
-        return find_session_actor(user_id, self.settings.ray_namespace)
+    def _running_actors(self, user_id: str) -> list[Any]:
+        """The user's live actors (this never starts one): one, or two during a handover."""
+        return find_streaming(user_id, self.settings.ray_namespace)
 
     async def _follow_hub(self) -> None:
         """Wakes the followers of users whose actor just started (from this edge's hub)."""
@@ -273,58 +289,71 @@ class ConnectionManager:
 
         With no actor running it waits, holding nothing, until the hub wakes it. When the actor
         exits or dies, the loop looks again: events published while no stream ran are missed,
-        as on any reconnect (no replay), except those the new actor's buffer still holds.
+        as on any reconnect (no replay), except those the new actor's buffer still holds. When
+        a new actor takes over from one still finishing its turns, both are streamed.
         """
         while self._subscriptions.get(user_id) is follower:
             follower.wake.clear()  # before looking: a start after this look sets it again
-            try:
-                handle = await self._lookup(user_id)
-            except ValueError:
-                await follower.wake.wait()
-                continue
-            if not await self._stream(user_id, follower, handle):
-                # The name still resolves but the actor does not answer (it is exiting).
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(follower.wake.wait(), RESUBSCRIBE_DELAY_S)
+            live = {handle._actor_id.hex(): handle for handle in await self._lookup(user_id)}
+            for key, stream in list(follower.streams.items()):
+                if key not in live and (stream.task is None or stream.task.done()):
+                    del follower.streams[key]  # an actor that is no longer the user's, ended
+            for key, handle in live.items():
+                stream = follower.streams.setdefault(key, ActorStream(handle))
+                if stream.task is None or stream.task.done():
+                    stream.task = asyncio.create_task(self._keep(user_id, follower, stream))
+            await follower.wake.wait()
 
-    async def _stream(self, user_id: str, follower: Follower, handle: Any) -> bool:
+    async def _keep(self, user_id: str, follower: Follower, stream: ActorStream) -> None:
+        """One subscription until it ends; then the follower looks again."""
+        try:
+            if not await self._stream(user_id, stream):
+                # The name still resolves but the actor does not answer (it is exiting).
+                await asyncio.sleep(RESUBSCRIBE_DELAY_S)
+        finally:
+            follower.wake.set()
+
+    async def _stream(self, user_id: str, stream: ActorStream) -> bool:
         """One subscription, until it ends; False if it never started."""
         conns = self._connections.get(user_id)
         if not conns:
             return True
-        since = max(min(c.accepted_at for c in conns), follower.last_stamp + TICK_S)
-        follower.sub_id = uuid.uuid4().hex
+        since = max(min(c.accepted_at for c in conns), stream.last_stamp + TICK_S)
+        stream.sub_id = uuid.uuid4().hex
         started = False
         try:
-            stream = handle.subscribe.options(
+            items = stream.handle.subscribe.options(
                 num_returns="streaming",
                 # Ray otherwise pushes every item to the edge at once: this bounds what is in
                 # flight, so a stuck edge fills the actor's (bounded) queue and is dropped there.
                 _generator_backpressure_num_objects=self.settings.subscriber_backpressure,
-            ).remote(follower.sub_id, since, self.hub_name)
-            async for ref in stream:
+            ).remote(stream.sub_id, since, self.hub_name)
+            async for ref in items:
                 batch: list[Stamped] = await ref
                 started = True
-                self._deliver(user_id, follower, batch)
+                if batch and batch[0][1].get("type") == IN_FLIGHT:
+                    stream.inflight.observe(batch[0][1])
+                    batch = batch[1:]
+                self._deliver(user_id, stream, batch)
                 self.on_batch(batch)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.info("event stream of user %s ended (%s)", user_id, type(exc).__name__)
             if isinstance(exc, RayActorError) and not isinstance(exc, ActorUnavailableError):
-                self._report_lost(user_id, follower)  # the actor died: its work will not end
+                self._report_lost(user_id, stream)  # the actor died: its work will not end
         return started
 
-    def _report_lost(self, user_id: str, follower: Follower) -> None:
-        for event in follower.inflight.lost():
+    def _report_lost(self, user_id: str, stream: ActorStream) -> None:
+        for event in stream.inflight.lost():
             text = dumps(event)
             for conn in list(self._connections.get(user_id, ())):
                 self.enqueue(conn, text)
 
-    def _deliver(self, user_id: str, follower: Follower, batch: list[Stamped]) -> None:
+    def _deliver(self, user_id: str, stream: ActorStream, batch: list[Stamped]) -> None:
         for stamp, event in batch:
-            follower.last_stamp = stamp
-            follower.inflight.observe(event)
+            stream.last_stamp = stamp
+            stream.inflight.observe(event)
             text = dumps(event)
             for conn in list(self._connections.get(user_id, ())):
                 if stamp >= conn.accepted_at:  # nothing from before a socket's accept

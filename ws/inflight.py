@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.datasets import INTERRUPTED
+from actors.fanout import IN_FLIGHT
 from chatdf import events
 
 TURN_LOST = "The session stopped unexpectedly and this answer was interrupted; ask again"
@@ -25,6 +26,10 @@ class InFlight:
 
     def observe(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
+        if kind == IN_FLIGHT:  # the actor's own list as the stream starts (a socket mid-turn)
+            self.turns.update(event.get("turns") or {})
+            self.loads.update(event.get("loads") or {})
+            return
         conv = str(event.get("conversation_id") or "")
         if kind == "query_status" and conv:
             self.turns.setdefault(conv, None)

@@ -112,3 +112,30 @@ def test_a_load_interrupted_by_the_actors_death_ends_in_dataset_error(
         end = ws.receive_until("dataset_error")[-1]
         assert (end["dataset_id"], end["error"]) == (dataset["dataset_id"], LOAD_LOST)
     client.close()
+
+
+def test_a_tab_on_another_edge_opened_mid_turn_also_gets_the_turns_end(
+    chat_live: LiveServer, fake_gemini: FakeGemini
+) -> None:
+    """The other edge subscribes after the turn began, so it saw none of the turn's events: the
+    actor's list of what it runs (the stream's first item) still lets it end the turn there."""
+    token, user_id, client = chat_live.login("late-tab-elsewhere@example.com")
+    conv = client.post("/conversations").json()["id"]
+    reply = fake_gemini.script_text("one two three", chunks=3, hold_after=1)
+    other = LiveServer(chat_live.settings).start()
+    try:
+        with chat_live.ws(token) as early:
+            client.post(f"/conversations/{conv}/messages", json={"content": "hi"})
+            first = early.receive_until("chat_token")[-1]
+            actor = get_session_actor(user_id, chat_live.settings)
+            with other.ws(token) as late:
+                assert wait_until(lambda: len(ray.get(actor.check_health.remote())["edges"]) == 2)
+                ray.kill(actor, no_restart=True)
+                for tab in (early, late):
+                    end = tab.receive_until("chat_error")[-1]
+                    assert (end["error"], end["conversation_id"]) == (TURN_LOST, conv)
+                    assert end["message_id"] == first["message_id"]
+    finally:
+        reply.release()
+        client.close()
+        other.stop()

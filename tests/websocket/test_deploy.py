@@ -1,0 +1,166 @@
+"""A deploy while a user is active (issue 11, "a live actor keeps the settings and code it
+started with"): an edge of the new deploy hands the user over to a new actor, new work runs on
+the new code and settings, and the old actor's running turn still ends, saved and streamed to
+every tab, on either edge."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import ray
+from ray.exceptions import RayActorError
+
+from actors import directory
+from actors.chat import ANSWER_INTERRUPTED
+from actors.version import deploy_version
+from chatdf.settings import Settings
+from tests.fakes.fake_gemini import FakeGemini
+from tests.live import LiveServer, wait_until
+from ws.inflight import TURN_LOST
+
+
+@pytest.fixture
+def deploys(ray_session: None, gemini_settings: Settings) -> Iterator[tuple[Settings, Settings]]:
+    """Two deploys of one cluster: the same code, a changed model setting."""
+    saving = gemini_settings.model_copy(update={"turn_save_interval_s": 0.1})
+    yield (
+        saving.model_copy(update={"gemini_model": "model-before"}),
+        saving.model_copy(update={"gemini_model": "model-after"}),
+    )
+
+
+def _messages(client: httpx.Client, conv: str) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = client.get(f"/conversations/{conv}").json()["messages"]
+    return messages
+
+
+def _health(actor: Any) -> dict[str, Any]:
+    health: dict[str, Any] = ray.get(actor.check_health.remote(), timeout=30)
+    return health
+
+
+def _gone(actor: Any) -> bool:
+    try:
+        ray.get(actor.check_health.remote(), timeout=30)
+        return False
+    except RayActorError:
+        return True
+
+
+def _streamed_models(fake: FakeGemini) -> list[str]:
+    return [r.model for r in fake.requests if r.method == "streamGenerateContent"]
+
+
+def test_a_deploy_hands_the_user_over_and_the_running_turn_still_ends_everywhere(
+    deploys: tuple[Settings, Settings], fake_gemini: FakeGemini
+) -> None:
+    old_settings, new_settings = deploys
+    ns = old_settings.ray_namespace
+    old_edge = LiveServer(old_settings).start()
+    new_edge: LiveServer | None = None
+    token, user_id, old_client = old_edge.login(f"deploy-{uuid.uuid4().hex[:8]}@example.com")
+    held = fake_gemini.script_text("the old deploy's answer.", chunks=2, hold_after=1)
+    try:
+        first, second = (old_client.post("/conversations").json()["id"] for _ in range(2))
+        with old_edge.ws(token) as old_tab:
+            posted = old_client.post(f"/conversations/{first}/messages", json={"content": "q1"})
+            assert posted.status_code == 202
+            old_tab.receive_until("chat_token")
+            old_actor = directory.find_session_actor(user_id, ns)
+            assert _health(old_actor)["version"] == deploy_version(old_settings)
+
+            new_edge = LiveServer(new_settings).start()  # the deploy: a newer version
+            new_client = new_edge.client(token)
+            with new_edge.ws(token) as new_tab:
+                # The new edge's first call hands the user over; the old actor still writes
+                # the first conversation's answer, so a second turn there is refused.
+                again = new_client.post(f"/conversations/{first}/messages", json={"content": "x"})
+                assert again.status_code == 409
+                new_actor = directory.find_session_actor(user_id, ns)
+                assert new_actor._actor_id != old_actor._actor_id
+                health = _health(new_actor)
+                assert health["version"] == deploy_version(new_settings)
+                assert health["taking_over"] is True
+                assert _health(old_actor)["retiring"] is True
+
+                # New work runs on the new deploy, and reaches the tabs of both edges.
+                fake_gemini.script_text("the new deploy's answer.", chunks=2)
+                path = f"/conversations/{second}/messages"
+                posted = new_client.post(path, json={"content": "q2"})
+                assert posted.status_code == 202
+                for tab in (old_tab, new_tab):
+                    done = tab.receive_until("chat_complete")[-1]
+                    assert done["conversation_id"] == second
+                    assert done["message"]["content"] == "the new deploy's answer."
+                assert _streamed_models(fake_gemini) == ["model-before", "model-after"]
+
+                # The old edge still remembers the old actor: it is sent on to the new one,
+                # and never takes the user back to the older deploy.
+                assert old_client.get("/usage").status_code == 200
+                assert directory.find_session_actor(user_id, ns)._actor_id == new_actor._actor_id
+
+                # The old actor's turn ends: saved whole, its end on every tab of either edge.
+                held.release()
+                for tab in (old_tab, new_tab):
+                    done = tab.receive_until("chat_complete")[-1]
+                    assert done["conversation_id"] == first
+                    assert done["message"]["content"] == "the old deploy's answer."
+                assert wait_until(lambda: _gone(old_actor))
+                assert wait_until(lambda: not _health(new_actor)["taking_over"])
+                assert len(directory.find_streaming(user_id, ns)) == 1
+        question, answer = _messages(new_client, first)
+        assert (question["content"], answer["content"]) == ("q1", "the old deploy's answer.")
+        # The conversation is free again, now on the new deploy.
+        fake_gemini.script_text("later.", chunks=1)
+        posted = new_client.post(f"/conversations/{first}/messages", json={"content": "q3"})
+        assert posted.status_code == 202
+        new_client.close()
+    finally:
+        held.release()
+        old_client.close()
+        old_edge.stop()
+        if new_edge is not None:
+            new_edge.stop()
+
+
+def test_an_old_actor_that_dies_while_handing_over_loses_nothing_it_saved(
+    deploys: tuple[Settings, Settings], fake_gemini: FakeGemini
+) -> None:
+    """The old deploy's actor is killed mid-turn after the handover: every tab gets the turn's
+    terminal event, and the new actor closes the answer row the old one left open."""
+    old_settings, new_settings = deploys
+    ns = old_settings.ray_namespace
+    old_edge, new_edge = LiveServer(old_settings).start(), None
+    token, user_id, old_client = old_edge.login(f"deploy-kill-{uuid.uuid4().hex[:8]}@example.com")
+    held = fake_gemini.script_text("first part. second part.", chunks=2, hold_after=1)
+    try:
+        conv = old_client.post("/conversations").json()["id"]
+        with old_edge.ws(token) as old_tab:
+            old_client.post(f"/conversations/{conv}/messages", json={"content": "q"})
+            token_event = old_tab.receive_until("chat_token")[-1]
+            assert wait_until(lambda: len(_messages(old_client, conv)) == 2, 20)  # saved so far
+            old_actor = directory.find_session_actor(user_id, ns)
+            new_edge = LiveServer(new_settings).start()
+            new_client = new_edge.client(token)
+            with new_edge.ws(token) as new_tab:
+                assert new_client.get("/usage").status_code == 200  # the handover
+                new_actor = directory.find_session_actor(user_id, ns)
+                assert _health(new_actor)["taking_over"] is True
+                ray.kill(old_actor, no_restart=True)
+                for tab in (old_tab, new_tab):
+                    end = tab.receive_until("chat_error")[-1]
+                    assert (end["conversation_id"], end["error"]) == (conv, TURN_LOST)
+                assert wait_until(lambda: not _health(new_actor)["taking_over"])
+        closed = _messages(new_client, conv)[1]
+        assert closed["content"] == f"{token_event['token'].rstrip()}\n\n{ANSWER_INTERRUPTED}"
+        new_client.close()
+    finally:
+        held.release()
+        old_client.close()
+        old_edge.stop()
+        if new_edge is not None:
+            new_edge.stop()
