@@ -91,6 +91,24 @@ def test_a_misspelt_raycluster_field_fails() -> None:
         jsonschema.validate(cluster, schema)
 
 
+@pytest.mark.parametrize(
+    ("group", "field"),
+    [
+        ("headGroupSpec", "rayStartParams"),
+        ("workerGroupSpecs", "rayStartParams"),
+        ("workerGroupSpecs", "minReplicas"),
+        ("workerGroupSpecs", "maxReplicas"),
+    ],
+)
+def test_a_raycluster_without_a_field_kuberays_crd_requires_fails(group: str, field: str) -> None:
+    schema = json.loads(RAYCLUSTER_SCHEMA.read_text())
+    (cluster,) = by_kind("RayCluster")
+    spec = cluster["spec"]
+    del (spec[group][0] if group == "workerGroupSpecs" else spec[group])[field]
+    with pytest.raises(jsonschema.ValidationError, match=field):
+        jsonschema.validate(cluster, schema)
+
+
 def test_every_ray_node_has_slots_token_auth_and_warm_workers() -> None:
     (cluster,) = by_kind("RayCluster")
     spec = cluster["spec"]
