@@ -5,9 +5,10 @@ Each item is one `chat_token`-sized event batch. Items are paced (`--gap-ms`, as
 or sent back to back (`--gap-ms 0`). CPU is read from both processes' counters (psutil), so the
 figure is CPU per item on each side, not wall time.
 
-    .venv/bin/python bench/stream_item_cost.py            # writes bench/results/stream_item_cost.json
+    .venv/bin/python bench/stream_item_cost.py   # writes bench/results/stream_item_cost.json
 """
 
+# ruff: noqa: I001  (ray must be imported before psutil, see below)
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import ray  # before psutil: Ray puts its bundled copy (ray/thirdparty_files) on sys.path
-import psutil  # noqa: I001
+import psutil
 
 EVENT = {
     "type": "chat_token",
