@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
-
 from actors import llm, observe
+from actors.answers import ANSWER_INTERRUPTED, Answers
 from actors.budget import TokenBudget
 from actors.datasets import DatasetLoader
 from actors.llm import ModelClient, make_client, not_configured
 from actors.turn import Turn
 from chatdf import events, logs, schemas, tracing
-from chatdf.db import Conversation, Database, Message, new_id, utcnow
+from chatdf.db import Database, Message, new_id
 from chatdf.errors import (
     BadRequest,
     ChatdfError,
@@ -32,7 +30,6 @@ from chatdf.store import (
     dataset_json,
     datasets_of,
     history_json,
-    message_json,
     messages_of,
     owned_conversation,
     table_json,
@@ -47,8 +44,6 @@ NO_MODEL = llm.NO_MODEL + CHAT_STILL_WORKS  # the gemini provider's
 UNEXPECTED = "Something went wrong while generating the answer"
 TURN_TIMED_OUT = "The answer took longer than {seconds} seconds and was stopped"
 NOT_SAVED = "The answer could not be saved; try again in a moment"
-# Appended to an answer whose actor died while it streamed (closed by the user's next actor).
-ANSWER_INTERRUPTED = "(This answer was interrupted before it finished.)"
 
 
 @dataclass
@@ -84,6 +79,7 @@ class ChatRunner:
         self.datasets = datasets
         self._turns: dict[str, RunningTurn] = {}
         self._llm: ModelClient | None = None
+        self.answers = Answers(user_id, db, settings.turn_save_interval_s)
         # Conversations whose answer an older deploy's actor is still writing (a handover,
         # actors/session.py): they count as running here until it has finished.
         self.elsewhere: set[str] = set()
@@ -100,22 +96,6 @@ class ChatRunner:
 
     def running_tasks(self) -> list[asyncio.Task[None]]:
         return [turn.task for turn in self._turns.values() if turn.task is not None]
-
-    def close_orphaned_answers(self) -> int:
-        """Answers a previous actor was still streaming when it died end as interrupted: what
-        was saved stays, with ANSWER_INTERRUPTED after it (the contract has no status field)."""
-        with self.db.session() as s:
-            owned = select(Conversation.id).where(Conversation.user_id == self.user_id)
-            rows = s.scalars(
-                select(Message).where(
-                    Message.in_progress.is_(True), Message.conversation_id.in_(owned)
-                )
-            ).all()
-            for msg in rows:
-                kept = msg.content.rstrip()
-                msg.content = f"{kept}\n\n{ANSWER_INTERRUPTED}" if kept else ANSWER_INTERRUPTED
-                msg.in_progress = None
-            return len(rows)
 
     # Admission -----------------------------------------------------------------------------
 
@@ -287,7 +267,9 @@ class ChatRunner:
                 raise asyncio.CancelledError
             runner = await self._turn(conversation_id, turn, text)
             saver = asyncio.get_running_loop().create_task(
-                self._save_while_streaming(conversation_id, turn.message_id, runner, finished)
+                self.answers.save_while_streaming(
+                    conversation_id, turn.message_id, runner, finished
+                )
             )
             async with asyncio.timeout(self.settings.turn_timeout_s):
                 result = await runner.run()
@@ -308,7 +290,7 @@ class ChatRunner:
         saved: dict[str, Any] | None = None
         try:
             answer = result if result is not None else _partial(runner)
-            saved = await self._save_answer(conversation_id, turn.message_id, answer)
+            saved = await self.answers.save(conversation_id, turn.message_id, answer)
         except Exception as exc:  # e.g. the database locked, or a value it refuses
             log.exception("could not save the answer in conversation %s", conversation_id)
             error = error or ChatdfError(NOT_SAVED, f"{type(exc).__name__}")
@@ -316,33 +298,6 @@ class ChatRunner:
             self._turns.pop(conversation_id, None)
         await self._report(conversation_id, turn.message_id, saved, error)
         return "error" if error is not None else "stopped" if stopped else "complete"
-
-    async def _save_while_streaming(
-        self, conversation_id: str, message_id: str, runner: Turn, finished: asyncio.Event
-    ) -> None:
-        """Saves the answer so far every TURN_SAVE_INTERVAL_S while it grows (one write per
-        interval, not per token), into the row the final save completes, so an actor that dies
-        mid-turn loses at most the last interval. Nothing is saved before the first text."""
-        interval = self.settings.turn_save_interval_s
-        if interval <= 0:
-            return
-        last: tuple[int, int, int] | None = None
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(finished.wait(), interval)
-            if finished.is_set():
-                return
-            answer = runner.partial()
-            grown = (len(answer["content"]), len(answer["tool_rounds"]), answer["token_count"])
-            if not answer["content"] or grown == last:
-                continue
-            try:
-                await asyncio.to_thread(
-                    self._write_answer, conversation_id, message_id, answer, True
-                )
-                last = grown
-            except Exception:  # the final save still comes; a missed checkpoint costs little
-                log.warning("could not save the streamed answer in %s", conversation_id)
 
     async def _report(
         self,
@@ -377,48 +332,5 @@ class ChatRunner:
         observe.model_tokens(self.settings.gemini_model, inp, out)
         await asyncio.to_thread(self.budget.record, inp, out, conversation_id)
 
-    async def _save_answer(
-        self, conversation_id: str, message_id: str, result: Mapping[str, Any]
-    ) -> dict[str, Any] | None:
-        """Saves the assistant message however the turn ended (a shielded write)."""
-        return await asyncio.shield(
-            asyncio.to_thread(self._insert_answer, conversation_id, message_id, result)
-        )
 
-    def _insert_answer(
-        self, conversation_id: str, message_id: str, result: Mapping[str, Any]
-    ) -> dict[str, Any] | None:
-        return self._write_answer(conversation_id, message_id, result, False)
-
-    def _write_answer(
-        self,
-        conversation_id: str,
-        message_id: str,
-        result: Mapping[str, Any],
-        in_progress: bool,
-    ) -> dict[str, Any] | None:
-        """Writes the turn's one assistant row: created by its first save (streamed or final),
-        updated by the later ones."""
-        with self.db.session() as s:
-            try:
-                conv = owned_conversation(s, self.user_id, conversation_id)
-            except ChatdfError:
-                return None  # deleted while the turn ran
-            msg = s.get(Message, message_id)
-            if msg is None:
-                msg = Message(
-                    id=message_id, conversation_id=conv.id, role="assistant", created_at=utcnow()
-                )
-                s.add(msg)
-            msg.content = result.get("content", "")
-            msg.sql_query = result.get("sql_query")
-            msg.token_count = int(result.get("token_count", 0))
-            msg.tool_rounds = json.dumps(result.get("tool_rounds") or [])
-            msg.in_progress = True if in_progress else None
-            if not in_progress:
-                touch(conv)
-            s.flush()
-            return message_json(msg)
-
-
-__all__ = ["ChatRunner", "OverBudget"]
+__all__ = ["ANSWER_INTERRUPTED", "ChatRunner", "OverBudget"]

@@ -205,10 +205,11 @@ class DatasetLoader:
             ref = load_dataset_task.options(**slot_options(LOAD_SLOT)).remote(
                 url, self.settings.for_tasks(), self.user_id
             )
+            # Not asyncio.wait_for: on Python 3.11 it awaits in another task and can lose a
+            # cancel (the dataset deleted) that lands as the load finishes.
             try:
-                result: dict[str, Any] = await asyncio.wait_for(
-                    ref, timeout=self.settings.dataset_total_timeout_s + 5
-                )
+                async with asyncio.timeout(self.settings.dataset_total_timeout_s + 5):
+                    result: dict[str, Any] = await ref
             except TimeoutError:
                 _cancel(ref)
                 raise DatasetError(

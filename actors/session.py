@@ -266,7 +266,7 @@ class SessionActor:
     def _sweep(self) -> None:
         """Rows a previous actor left open when it died end as interrupted."""
         self.datasets.fail_orphaned_loads()
-        self.chat.close_orphaned_answers()
+        self.chat.answers.close_orphaned()
 
     async def _wake_edges(self) -> None:
         """Tells every edge this actor started, so those holding the user's sockets subscribe.

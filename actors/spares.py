@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -16,6 +17,7 @@ from chatdf.settings import Settings
 log = logging.getLogger(__name__)
 
 HANDLE_CACHE_MAX = 10_000  # users whose actor handle an edge remembers between calls
+RANK_CACHE_S = 5.0  # how long an edge trusts a version's rank (a later edge start changes it)
 
 
 class SparePool:
@@ -129,17 +131,19 @@ class Sessions:
         self.settings = settings
         self.pool = pool
         self.version = version.deploy_version(settings)
-        self._rank: float | None = None  # when this edge's version first ran in the cluster
-        self._ranks: dict[str, float] = {}  # other versions' (they never change)
+        self._registered = False
+        self._ranks: dict[str, tuple[float, float]] = {}  # version -> (rank, read at)
         self._handles: OrderedDict[str, tuple[str, Any]] = OrderedDict()
         self._binding: dict[str, asyncio.Future[Any]] = {}
 
     async def register(self) -> None:
         """Records this edge's version in the cluster (at start, before any actor of it)."""
-        if self._rank is None:
-            self._rank = await asyncio.to_thread(
+        if not self._registered:
+            rank = await asyncio.to_thread(
                 version.register, self.version, self.settings.ray_namespace
             )
+            self._ranks[self.version] = (rank, time.monotonic())
+            self._registered = True
 
     async def find(self, user_id: str, *, fresh: bool = False) -> Any:
         """The user's live actor, or None (this never starts one). `fresh`: ask the directory,
@@ -180,12 +184,15 @@ class Sessions:
         if theirs == self.version:
             return False
         await self.register()
-        if theirs not in self._ranks:
-            self._ranks[theirs] = await asyncio.to_thread(
-                version.rank, theirs, self.settings.ray_namespace
-            )
-        assert self._rank is not None
-        return self._ranks[theirs] < self._rank
+        return await self._rank_of(theirs) < await self._rank_of(self.version)
+
+    async def _rank_of(self, of: str) -> float:
+        cached = self._ranks.get(of)
+        if cached is not None and time.monotonic() - cached[1] < RANK_CACHE_S:
+            return cached[0]
+        rank = await asyncio.to_thread(version.rank, of, self.settings.ray_namespace)
+        self._ranks[of] = (rank, time.monotonic())
+        return rank
 
     async def _bind(self, user_id: str, replacing: str = "") -> Any:
         spare = await self.pool.take() if self.pool is not None else None

@@ -213,7 +213,9 @@ async def _next_item(task: Any, timeout_s: float) -> dict[str, Any] | None:
     if timeout_s <= 0:
         raise TimeoutError
     try:
-        ref = await asyncio.wait_for(task.__anext__(), timeout_s)
+        # asyncio.timeout, not wait_for: a cancel (the turn stopped) is never lost (3.11).
+        async with asyncio.timeout(timeout_s):
+            ref = await task.__anext__()
     except StopAsyncIteration:
         return None
     item: dict[str, Any] = await ref

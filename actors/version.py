@@ -3,10 +3,13 @@ newer, so that an edge of a new deploy hands a user over from an actor of an old
 
 A live actor keeps the code and settings it started with. Every session actor's name therefore
 carries a version, a digest of the code that runs in the actor (the `actors` and `chatdf`
-packages) and of the settings it got, edge-only settings left out. Versions are ordered by when
-an edge first ran them: the first edge of a version writes the time into Ray's GCS key-value
-store, put-if-absent, so every edge of the cluster agrees which of two versions came later, and
-an old edge still running beside new ones (a rolling deploy) never takes a user back.
+packages) and of the settings it got, edge-only settings left out. Versions are ordered by the
+latest start of an edge running them: each starting edge takes the next number of a sequence
+kept in Ray's GCS key-value store (put-if-absent, so two edges never share one; no clocks
+involved) and writes it as its version's rank, so every edge of the cluster agrees which of two
+versions is the current deploy. An old edge still running beside new ones (a rolling deploy)
+never takes a user back, since it started earlier; a rollback's edges start later, so they do
+take users over.
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 from chatdf.settings import Settings
 
-VERSION_PREFIX = "chatdf-version/"
+VERSION_PREFIX = "chatdf-version/"  # -> the version's rank: the number of its latest edge start
+STARTS_PREFIX = "chatdf-edge-starts/"  # the sequence of edge starts (the last few are kept)
+STARTS_KEPT = 100
+MAX_ATTEMPTS = 50  # each lost race means another edge took a number: the next try takes the next
 VERSION_CHARS = 12
 NAME_PREFIX = "session:"
 # Settings that may differ between edges of one deploy (each edge its own address, port,
@@ -89,16 +94,37 @@ def version_of(name: str) -> str:
 
 
 def register(version: str, namespace: str) -> float:
-    """Records when this version first ran (put-if-absent); returns that time, its rank."""
-    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_put
+    """Records that an edge of this version starts now; returns its rank, higher than that of
+    every edge that started before."""
+    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_list, _internal_kv_put
 
-    key = f"{VERSION_PREFIX}{version}".encode()
-    _internal_kv_put(key, repr(time.time()).encode(), overwrite=False, namespace=namespace)
-    return _rank_value(_internal_kv_get(key, namespace=namespace))
+    prefix = STARTS_PREFIX.encode()
+    for _ in range(MAX_ATTEMPTS):
+        taken = sorted(
+            int(key[len(prefix) :])
+            for key in _internal_kv_list(prefix, namespace=namespace)
+            if key[len(prefix) :].isdigit()
+        )
+        number = (taken[-1] if taken else 0) + 1
+        key = prefix + f"{number:012d}".encode()
+        if _internal_kv_put(key, version.encode(), overwrite=False, namespace=namespace):
+            continue  # another edge took it first
+        if rank(version, namespace) < number:  # an edge of it that started later may have won
+            _internal_kv_put(
+                f"{VERSION_PREFIX}{version}".encode(),
+                str(number).encode(),
+                overwrite=True,
+                namespace=namespace,
+            )
+        for old in taken[:-STARTS_KEPT]:
+            _internal_kv_del(prefix + f"{old:012d}".encode(), namespace=namespace)
+        return float(number)
+    raise RuntimeError("could not record this edge's start (too many edges starting at once)")
 
 
 def rank(version: str, namespace: str) -> float:
-    """When `version` first ran; 0.0 (older than any) when unknown or from before versions."""
+    """The number of the latest start of an edge of `version`; 0.0 (older than any) when
+    unknown or from before versions."""
     from ray.experimental.internal_kv import _internal_kv_get
 
     if not version:

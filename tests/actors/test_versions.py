@@ -39,16 +39,19 @@ def test_the_version_is_in_the_actor_name() -> None:
     assert version.version_of("session:" + "u" * 32) == ""  # named before versions existed
 
 
-def test_versions_are_ordered_by_their_first_run(ray_session: None, settings: Settings) -> None:
-    """The first edge of a version fixes its rank; a later edge of it (a restart of an old pod
-    during a rolling deploy) does not make it newer."""
+def test_the_version_of_the_edge_that_started_last_is_the_current_one(
+    ray_session: None, settings: Settings
+) -> None:
+    """An edge ranks its version by its own start: a new deploy's edges outrank the old ones
+    still running beside them, and a rollback's edges (the old version again) outrank both."""
     ns = settings.ray_namespace
     old, new = f"old-{uuid.uuid4().hex[:8]}", f"new-{uuid.uuid4().hex[:8]}"
     old_rank = version.register(old, ns)
     new_rank = version.register(new, ns)
     assert old_rank < new_rank
-    assert version.register(old, ns) == old_rank  # registered again: still the older
-    assert version.rank(old, ns) == old_rank
+    assert (version.rank(old, ns), version.rank(new, ns)) == (old_rank, new_rank)
+    rolled_back = version.register(old, ns)
+    assert version.rank(old, ns) == rolled_back > new_rank
     assert version.rank("", ns) == 0.0  # an actor from before versions: older than any
     assert version.rank(f"never-{uuid.uuid4().hex[:8]}", ns) == 0.0
 

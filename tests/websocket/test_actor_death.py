@@ -9,7 +9,7 @@ import httpx
 import pytest
 import ray
 
-from actors.chat import ANSWER_INTERRUPTED
+from actors.answers import ANSWER_INTERRUPTED
 from actors.session import get_session_actor
 from chatdf.settings import Settings
 from tests.fakes.fake_data_server import FakeDataServer

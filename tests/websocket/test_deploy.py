@@ -15,7 +15,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from actors import directory
-from actors.chat import ANSWER_INTERRUPTED
+from actors.answers import ANSWER_INTERRUPTED
 from actors.version import deploy_version
 from chatdf.settings import Settings
 from tests.fakes.fake_gemini import FakeGemini
