@@ -23,14 +23,33 @@ from tests.live import LiveServer, wait_until
 from ws.inflight import TURN_LOST
 
 
+class Rollout:
+    """Two deploys of one cluster (the same code, a changed model setting): the old one's edge
+    runs from the start, the new one's once `roll` is called."""
+
+    def __init__(self, settings: Settings) -> None:
+        saving = settings.model_copy(update={"turn_save_interval_s": 0.1})
+        self.old_settings = saving.model_copy(update={"gemini_model": "model-before"})
+        self.new_settings = saving.model_copy(update={"gemini_model": "model-after"})
+        self.ns = settings.ray_namespace
+        self.old_edge = LiveServer(self.old_settings).start()
+        self.new_edge: LiveServer | None = None
+
+    def roll(self) -> LiveServer:
+        self.new_edge = LiveServer(self.new_settings).start()
+        return self.new_edge
+
+    def stop(self) -> None:
+        self.old_edge.stop()
+        if self.new_edge is not None:
+            self.new_edge.stop()
+
+
 @pytest.fixture
-def deploys(ray_session: None, gemini_settings: Settings) -> Iterator[tuple[Settings, Settings]]:
-    """Two deploys of one cluster: the same code, a changed model setting."""
-    saving = gemini_settings.model_copy(update={"turn_save_interval_s": 0.1})
-    yield (
-        saving.model_copy(update={"gemini_model": "model-before"}),
-        saving.model_copy(update={"gemini_model": "model-after"}),
-    )
+def rollout(ray_session: None, gemini_settings: Settings) -> Iterator[Rollout]:
+    deploy = Rollout(gemini_settings)
+    yield deploy
+    deploy.stop()
 
 
 def _messages(client: httpx.Client, conv: str) -> list[dict[str, Any]]:
@@ -56,12 +75,9 @@ def _streamed_models(fake: FakeGemini) -> list[str]:
 
 
 def test_a_deploy_hands_the_user_over_and_the_running_turn_still_ends_everywhere(
-    deploys: tuple[Settings, Settings], fake_gemini: FakeGemini
+    rollout: Rollout, fake_gemini: FakeGemini
 ) -> None:
-    old_settings, new_settings = deploys
-    ns = old_settings.ray_namespace
-    old_edge = LiveServer(old_settings).start()
-    new_edge: LiveServer | None = None
+    ns, old_edge = rollout.ns, rollout.old_edge
     token, user_id, old_client = old_edge.login(f"deploy-{uuid.uuid4().hex[:8]}@example.com")
     held = fake_gemini.script_text("the old deploy's answer.", chunks=2, hold_after=1)
     try:
@@ -71,9 +87,9 @@ def test_a_deploy_hands_the_user_over_and_the_running_turn_still_ends_everywhere
             assert posted.status_code == 202
             old_tab.receive_until("chat_token")
             old_actor = directory.find_session_actor(user_id, ns)
-            assert _health(old_actor)["version"] == deploy_version(old_settings)
+            assert _health(old_actor)["version"] == deploy_version(rollout.old_settings)
 
-            new_edge = LiveServer(new_settings).start()  # the deploy: a newer version
+            new_edge = rollout.roll()  # the deploy: a newer version
             new_client = new_edge.client(token)
             with new_edge.ws(token) as new_tab:
                 # The new edge's first call hands the user over; the old actor still writes
@@ -83,7 +99,7 @@ def test_a_deploy_hands_the_user_over_and_the_running_turn_still_ends_everywhere
                 new_actor = directory.find_session_actor(user_id, ns)
                 assert new_actor._actor_id != old_actor._actor_id
                 health = _health(new_actor)
-                assert health["version"] == deploy_version(new_settings)
+                assert health["version"] == deploy_version(rollout.new_settings)
                 assert health["taking_over"] is True
                 assert _health(old_actor)["retiring"] is True
 
@@ -122,19 +138,14 @@ def test_a_deploy_hands_the_user_over_and_the_running_turn_still_ends_everywhere
     finally:
         held.release()
         old_client.close()
-        old_edge.stop()
-        if new_edge is not None:
-            new_edge.stop()
 
 
 def test_an_old_actor_that_dies_while_handing_over_loses_nothing_it_saved(
-    deploys: tuple[Settings, Settings], fake_gemini: FakeGemini
+    rollout: Rollout, fake_gemini: FakeGemini
 ) -> None:
     """The old deploy's actor is killed mid-turn after the handover: every tab gets the turn's
     terminal event, and the new actor closes the answer row the old one left open."""
-    old_settings, new_settings = deploys
-    ns = old_settings.ray_namespace
-    old_edge, new_edge = LiveServer(old_settings).start(), None
+    ns, old_edge = rollout.ns, rollout.old_edge
     token, user_id, old_client = old_edge.login(f"deploy-kill-{uuid.uuid4().hex[:8]}@example.com")
     held = fake_gemini.script_text("first part. second part.", chunks=2, hold_after=1)
     try:
@@ -144,7 +155,7 @@ def test_an_old_actor_that_dies_while_handing_over_loses_nothing_it_saved(
             token_event = old_tab.receive_until("chat_token")[-1]
             assert wait_until(lambda: len(_messages(old_client, conv)) == 2, 20)  # saved so far
             old_actor = directory.find_session_actor(user_id, ns)
-            new_edge = LiveServer(new_settings).start()
+            new_edge = rollout.roll()
             new_client = new_edge.client(token)
             with new_edge.ws(token) as new_tab:
                 assert new_client.get("/usage").status_code == 200  # the handover
@@ -161,6 +172,3 @@ def test_an_old_actor_that_dies_while_handing_over_loses_nothing_it_saved(
     finally:
         held.release()
         old_client.close()
-        old_edge.stop()
-        if new_edge is not None:
-            new_edge.stop()
