@@ -107,6 +107,9 @@ def bind(user_id: str, name: str, namespace: str, replacing: str = "") -> tuple[
                 return name, top
             if current != replacing and _live_actor(current, namespace) is not None:
                 return str(current), top
+        # Past every generation ever bound, retiring ones included: no two keys share a number.
+        older = _generations(user_id, namespace, RETIRING_PREFIX)
+        top = max(top, older[-1] if older else -1)
         existed = _internal_kv_put(
             _key(user_id, top + 1), name.encode(), overwrite=False, namespace=namespace
         )
@@ -125,9 +128,11 @@ def bind(user_id: str, name: str, namespace: str, replacing: str = "") -> tuple[
     raise RuntimeError(f"could not bind a session actor for user {user_id}")
 
 
-def unbind(user_id: str, generation: int, namespace: str) -> None:
-    """Removes the binding an exiting actor holds, so the next call starts a new one at once."""
+def unbind(user_id: str, generation: int, namespace: str, name: str) -> None:
+    """Removes the binding an exiting actor (`name`) holds, so the next call starts a new one
+    at once; a key that names another actor is left alone."""
     from ray.experimental.internal_kv import _internal_kv_del
 
-    _internal_kv_del(_key(user_id, generation), namespace=namespace)
-    _internal_kv_del(_key(user_id, generation, RETIRING_PREFIX), namespace=namespace)
+    for kind in (KEY_PREFIX, RETIRING_PREFIX):
+        if _bound_name(user_id, generation, namespace, kind) == name:
+            _internal_kv_del(_key(user_id, generation, kind), namespace=namespace)

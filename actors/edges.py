@@ -10,9 +10,11 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from actors import version
+
 log = logging.getLogger(__name__)
 
-HUB_PREFIX = "edge:"
+HUB_PREFIX = version.HUB_PREFIX
 WATCH_RENEW_S = 300.0  # watch calls return after this: those of vanished callers do not pile up
 MAX_WAKE_BATCH = 1000
 
@@ -57,7 +59,11 @@ class EdgeHubActor:
         return True
 
 
-def hub_name(edge_id: str) -> str:
+def hub_name(edge_id: str, deploy: str = "", number: int = 0) -> str:
+    """`edge:<version>:<start number>:<id>` (actors/version.py ranks deploys by these), or
+    `edge:<id>` for a hub that names no deploy."""
+    if deploy:
+        return version.hub_name(deploy, number, edge_id)
     return f"{HUB_PREFIX}{edge_id}"
 
 
@@ -83,9 +89,11 @@ def hub_class() -> Any:
     return _remote_class
 
 
-def start_hub(namespace: str) -> tuple[str, Any]:
-    """Creates this edge's hub (owned by the calling process); returns its name and handle."""
-    name = hub_name(uuid.uuid4().hex)
+def start_hub(namespace: str, deploy: str = "", number: int = 0) -> tuple[str, Any]:
+    """Creates this edge's hub (owned by the calling process); returns its name and handle.
+
+    `deploy` and `number`: this edge's version and its start number (actors/version.py)."""
+    name = hub_name(uuid.uuid4().hex, deploy, number)
     handle = hub_class().options(name=name, namespace=namespace).remote()
     return name, handle
 

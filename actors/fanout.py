@@ -82,9 +82,12 @@ class Fanout:
         if queue is not None:
             queue.put_nowait(_CLOSE) if not queue.full() else self._force_close(queue)
 
-    def close_all(self) -> None:
-        """Ends every stream after the events already queued for it (the actor is retiring)."""
-        for sub_id in list(self._queues):
+    def close_all(self, last: Event | None = None) -> None:
+        """Ends every stream after the events already queued for it and `last` (unstamped, not
+        buffered: an edge-only item such as IN_FLIGHT). The actor is retiring."""
+        for sub_id, queue in list(self._queues.items()):
+            if last is not None and queue.qsize() < self._queue_max - 1:
+                queue.put_nowait((0.0, last))
             self.close(sub_id)
 
     async def wait_empty(self) -> None:

@@ -9,7 +9,7 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from actors import directory
@@ -18,6 +18,7 @@ from actors.chat import ChatRunner
 from actors.datasets import DatasetLoader
 from actors.edges import notify_edges, watch_edge
 from actors.fanout import IN_FLIGHT, Event, Fanout, Stamped
+from actors.handover import Predecessors
 from actors.llm import import_provider
 from actors.observe import from_edge, start_process
 from actors.version import actor_name, deploy_version
@@ -27,7 +28,7 @@ from chatdf.settings import Settings
 log = logging.getLogger(__name__)
 
 NOT_BOUND = "This session actor is not bound to a user"
-HANDOVER_TIMEOUT_S = 10.0  # asking the actor of an older deploy to retire
+ADMISSION_POLL_S = 0.05  # a retiring actor waiting for a call still being admitted
 FLUSH_TIMEOUT_S = 5.0  # a retiring actor's last events reaching the edges before it exits
 
 
@@ -88,7 +89,8 @@ class SessionActor:
         self._background: set[asyncio.Task[Any]] = set()
         self._watched: set[str] = set()  # edges whose death this actor listens for
         self._retiring: asyncio.Task[None] | None = None  # handing over to a newer deploy
-        self._predecessor: Any = None  # an older deploy's actor still finishing its work
+        self._handover: asyncio.Future[None] | None = None  # taking over: start-up waits
+        self._admitting = 0  # new-work calls under way (a retiring actor waits for them)
         self._closing = False  # retired and done: streams end, new ones are refused
         if user_id is not None:
             self._take_user(user_id)
@@ -100,6 +102,7 @@ class SessionActor:
         self.chat = ChatRunner(
             user_id, self.settings, self.db, self.publish, self.budget, self.datasets
         )
+        self.predecessors = Predecessors(self.chat, self.datasets)
 
     # Binding -----------------------------------------------------------------------------
 
@@ -130,61 +133,62 @@ class SessionActor:
             if self.user_id is not None:
                 raise NotBound(f"bound to another user, not {user_id}")
             self._take_user(user_id)  # before the binding is visible: no call finds it unbound
+            self._handover = asyncio.get_running_loop().create_future()
             name = _current_actor_name()
             try:
                 winner, generation = await asyncio.to_thread(
                     directory.bind, user_id, name, self.settings.ray_namespace, replacing
                 )
             except BaseException:
+                self._end_handover()
                 self._drop_user()
                 raise
             if winner != name:
+                self._end_handover()
                 self._drop_user()
                 return winner
             self._generation = generation
-            if replacing:
-                await self._take_over(replacing)
+            try:
+                await self._take_over(user_id)
+            finally:
+                self._end_handover()
         await self.ready()
         return name
 
     # Deploys -----------------------------------------------------------------------------
 
-    async def _take_over(self, old_name: str) -> None:
-        """Tells the older deploy's actor to retire, and holds what it still runs against the
-        user's caps until it has finished (before start-up, which must not sweep its rows)."""
+    async def _take_over(self, user_id: str) -> None:
+        """Tells the user's other live actors (an older deploy's, finishing their work) to
+        retire, before start-up, which must not sweep the rows they still write."""
         import ray
 
+        own = ray.get_runtime_context().get_actor_id()
         try:
-            old = await asyncio.to_thread(
-                ray.get_actor, old_name, namespace=self.settings.ray_namespace
+            found = await asyncio.to_thread(
+                directory.find_streaming, user_id, self.settings.ray_namespace
             )
-            busy: dict[str, Any] = await asyncio.wait_for(old.retire.remote(), HANDOVER_TIMEOUT_S)
-        except ValueError:
-            return  # it exited meanwhile: a plain start, sweeps included
-        except Exception as exc:
-            if _is_actor_gone(exc):
-                return
-            # An actor from before deploys were versioned (no `retire`), or one not answering:
-            # it may still be writing rows, so this start sweeps none of them (the next does).
-            log.warning("actor %s did not retire (%s); its work is left to it", old_name, exc)
-            self._predecessor = old
-            return
-        self._predecessor = old
-        self.chat.elsewhere = set(busy.get("conversations", ()))
-        self.datasets.elsewhere = int(busy.get("loads", 0))
-        self._spawn(self._after_predecessor(old))
+            others = [handle for handle in found if handle._actor_id.hex() != own]
+            if others:
+                await self.predecessors.take_over(others)
+        except Exception:
+            log.warning("could not take over from the previous session actor", exc_info=True)
+            self.predecessors.may_sweep = False
+        if self.predecessors:
+            self._spawn(self._after_predecessors())
 
-    async def _after_predecessor(self, old: Any) -> None:
-        """Once the retired actor has finished (or died): its turns and loads no longer count
-        here, and rows it left open (it died mid-turn) are swept as at any start."""
-        with contextlib.suppress(Exception):
-            await old.drained.remote()
+    def _end_handover(self) -> None:
+        if self._handover is not None and not self._handover.done():
+            self._handover.set_result(None)
+
+    async def _after_predecessors(self) -> None:
+        """Once the retired actors have finished (or died): their turns and loads no longer
+        count here, and rows one left open (it died mid-turn) are swept as at any start."""
+        await self.predecessors.wait_drained()
         await self.ready()
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(self._sweep)
-        self._predecessor = None
-        self.chat.elsewhere = set()
-        self.datasets.elsewhere = 0
+        if self.predecessors.may_sweep:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._sweep)
+        self.predecessors.clear()
 
     async def retire(self) -> dict[str, Any]:
         """Hands the user over to a newer deploy's actor: no new work from now on; running turns
@@ -195,6 +199,10 @@ class SessionActor:
             self._retiring = asyncio.get_running_loop().create_task(
                 self._drain_and_exit(), context=contextvars.Context()
             )
+        return await self.running()
+
+    async def running(self) -> dict[str, Any]:
+        """The conversations whose answer this actor is writing, and how many loads it runs."""
         return {
             "conversations": self.chat.running_conversations(),
             "loads": self.datasets.running_count(),
@@ -210,21 +218,31 @@ class SessionActor:
     async def _drain_and_exit(self) -> None:
         while True:
             work = self.chat.running_tasks() + self.datasets.running_tasks()
-            if not work:
+            if work:
+                await asyncio.wait(work)
+            elif self._admitting or self.chat.running_count() or self.datasets.running_count():
+                await asyncio.sleep(ADMISSION_POLL_S)  # a call admitted just before: its task
+            else:
                 break
-            await asyncio.wait(work)
         await self._unbind()  # first: edges whose streams end look up the current actor only
-        # The streams end after their queued events, so the edges get every last event.
+        # The streams end after their queued events, so the edges get every last event; the
+        # last item says nothing runs here any more, so the exit reads as no interruption.
         self._closing = True
-        self.fanout.close_all()
+        self.fanout.close_all({"type": IN_FLIGHT, "turns": {}, "loads": {}})
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.fanout.wait_empty(), FLUSH_TIMEOUT_S)
         _exit_current_actor()  # a `drained` caller sees the reply or the exit: the same to it
 
-    def _accepting(self) -> None:
-        """New work goes to the user's current actor once this one retires."""
+    @contextlib.contextmanager
+    def _new_work(self) -> Iterator[None]:
+        """A call that starts work; once this actor retires it goes to the user's current one."""
         if self._retiring is not None:
             raise Retired(f"this session actor of {self.user_id} has handed over")
+        self._admitting += 1
+        try:
+            yield
+        finally:
+            self._admitting -= 1
 
     def _bound_user(self) -> str:
         if self.user_id is None:
@@ -233,7 +251,7 @@ class SessionActor:
 
     def _drop_user(self) -> None:
         self.user_id = None
-        del self.budget, self.datasets, self.chat
+        del self.budget, self.datasets, self.chat, self.predecessors
 
     # Lifecycle ---------------------------------------------------------------------------
 
@@ -257,8 +275,10 @@ class SessionActor:
         return True
 
     async def _start(self) -> None:
+        if self._handover is not None:
+            await asyncio.shield(self._handover)  # what the previous actor runs, known first
         await asyncio.to_thread(self.budget.load)
-        if self._predecessor is None:  # else its rows are still being written (see _take_over)
+        if not self.predecessors and self.predecessors.may_sweep:  # else they write the rows
             await asyncio.to_thread(self._sweep)
         self._spawn(self._housekeeping())
         self._spawn(self._wake_edges())
@@ -294,14 +314,15 @@ class SessionActor:
             "warm_start": bool(self._edge),  # started ahead of demand by an edge's pool
             "version": self.version,  # of the deploy it started with (actors/version.py)
             "retiring": self._retiring is not None,
-            "taking_over": self._predecessor is not None,
+            "taking_over": bool(self.predecessors) if bound else False,
             # Only the configured provider's SDK is ever imported (actors/llm.py make_client).
             "model_sdks_loaded": sorted(m for m in ("google.genai", "openai") if m in sys.modules),
         }
 
     def is_idle(self) -> bool:
-        """No turn, no load and no call for ACTOR_IDLE_TIMEOUT_S; open sockets do not count."""
-        busy = self.chat.running_count() or self.datasets.running_count()
+        """No turn, no load and no call for ACTOR_IDLE_TIMEOUT_S; open sockets do not count.
+        Not while an actor it took over from still runs (its binding must stay the user's)."""
+        busy = self.chat.running_count() or self.datasets.running_count() or self.predecessors
         idle_s = time.monotonic() - self._last_active
         return not busy and idle_s >= self.settings.actor_idle_timeout_s
 
@@ -327,7 +348,11 @@ class SessionActor:
             return
         with contextlib.suppress(Exception):
             await asyncio.to_thread(
-                directory.unbind, self.user_id, self._generation, self.settings.ray_namespace
+                directory.unbind,
+                self.user_id,
+                self._generation,
+                self.settings.ray_namespace,
+                _current_actor_name(),
             )
         self._generation = -1
 
@@ -391,77 +416,63 @@ class SessionActor:
 
     @from_edge
     async def add_dataset(self, conversation_id: str, url: str) -> dict[str, Any]:
-        self._accepting()
-        await self.ready()
-        self._touch()
-        return await self.datasets.add(conversation_id, url)
+        with self._new_work():
+            await self.ready()
+            self._touch()
+            return await self.datasets.add(conversation_id, url)
 
     @from_edge
     async def refresh_dataset(self, conversation_id: str, dataset_id: str) -> dict[str, Any]:
-        self._accepting()
-        await self.ready()
-        self._touch()
-        return await self.datasets.refresh(conversation_id, dataset_id)
+        with self._new_work():
+            await self.ready()
+            self._touch()
+            return await self.datasets.refresh(conversation_id, dataset_id)
 
     # Chat --------------------------------------------------------------------------------
 
     @from_edge
     async def post_message(self, conversation_id: str, content: str) -> dict[str, Any]:
-        self._accepting()
-        await self.ready()
-        self._touch()
-        return await self.chat.post(conversation_id, content)
+        with self._new_work():
+            await self.ready()
+            self._touch()
+            if self.predecessors:  # their turns that ended since free their conversations
+                await self.predecessors.refresh()
+            return await self.chat.post(conversation_id, content)
 
     @from_edge
     async def stop(self, conversation_id: str) -> bool:
         self._touch()
         if await self.chat.stop(conversation_id):
             return True
-        return bool(await self._on_predecessor("stop", conversation_id))
+        return any(await self.predecessors.forward("stop", conversation_id))
 
     @from_edge
     async def forget_conversation(self, conversation_id: str) -> None:
         """Cancels work on a conversation that is being deleted."""
         await self.chat.stop(conversation_id)
         self.datasets.cancel_conversation(conversation_id)
-        await self._on_predecessor("forget_conversation", conversation_id)
+        await self.predecessors.forward("forget_conversation", conversation_id)
 
     @from_edge
     async def forget_dataset(self, dataset_id: str) -> bool:
         """Cancels the load of a dataset that is being deleted (False: none was running)."""
         if self.datasets.cancel_load(dataset_id):
             return True
-        return bool(await self._on_predecessor("forget_dataset", dataset_id))
-
-    async def _on_predecessor(self, method: str, *args: Any) -> Any:
-        """The same call on the older deploy's actor still finishing work (None: none is)."""
-        old = self._predecessor
-        if old is None:
-            return None
-        try:
-            return await getattr(old, method).remote(*args)
-        except Exception as exc:
-            if _is_actor_gone(exc):
-                return None
-            raise
+        return any(await self.predecessors.forward("forget_dataset", dataset_id))
 
     @from_edge
     async def query(self, conversation_id: str, sql: str) -> dict[str, Any]:
-        self._accepting()
-        await self.ready()
-        self._touch()
-        return await self.chat.query(conversation_id, sql)
+        with self._new_work():
+            await self.ready()
+            self._touch()
+            return await self.chat.query(conversation_id, sql)
 
     @from_edge
     async def usage(self) -> dict[str, Any]:
-        self._accepting()
-        await self.ready()
-        self._touch()
-        return self.budget.snapshot()
-
-
-def _is_actor_gone(exc: BaseException) -> bool:
-    return type(exc).__name__ in ("ActorDiedError", "RayActorError", "ActorUnavailableError")
+        with self._new_work():
+            await self.ready()
+            self._touch()
+            return self.budget.snapshot()
 
 
 def _exit_current_actor() -> None:

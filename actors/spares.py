@@ -17,7 +17,7 @@ from chatdf.settings import Settings
 log = logging.getLogger(__name__)
 
 HANDLE_CACHE_MAX = 10_000  # users whose actor handle an edge remembers between calls
-RANK_CACHE_S = 5.0  # how long an edge trusts a version's rank (a later edge start changes it)
+RANK_CACHE_S = 5.0  # how long an edge trusts the deploys' ranks (edges start and stop)
 
 
 class SparePool:
@@ -131,19 +131,19 @@ class Sessions:
         self.settings = settings
         self.pool = pool
         self.version = version.deploy_version(settings)
-        self._registered = False
-        self._ranks: dict[str, tuple[float, float]] = {}  # version -> (rank, read at)
+        self._number = 0  # this edge's start number (actors/version.py); 0: not registered
+        self._ranks: dict[str, int] = {}  # each deploy's rank, from the live edges' hubs
+        self._ranks_read = -RANK_CACHE_S
         self._handles: OrderedDict[str, tuple[str, Any]] = OrderedDict()
         self._binding: dict[str, asyncio.Future[Any]] = {}
 
-    async def register(self) -> None:
-        """Records this edge's version in the cluster (at start, before any actor of it)."""
-        if not self._registered:
-            rank = await asyncio.to_thread(
+    async def register(self) -> int:
+        """Takes this edge's start number (once, at start); its hub's name carries it."""
+        if not self._number:
+            self._number = await asyncio.to_thread(
                 version.register, self.version, self.settings.ray_namespace
             )
-            self._ranks[self.version] = (rank, time.monotonic())
-            self._registered = True
+        return self._number
 
     async def find(self, user_id: str, *, fresh: bool = False) -> Any:
         """The user's live actor, or None (this never starts one). `fresh`: ask the directory,
@@ -183,16 +183,11 @@ class Sessions:
         theirs = version.version_of(name)
         if theirs == self.version:
             return False
-        await self.register()
-        return await self._rank_of(theirs) < await self._rank_of(self.version)
-
-    async def _rank_of(self, of: str) -> float:
-        cached = self._ranks.get(of)
-        if cached is not None and time.monotonic() - cached[1] < RANK_CACHE_S:
-            return cached[0]
-        rank = await asyncio.to_thread(version.rank, of, self.settings.ray_namespace)
-        self._ranks[of] = (rank, time.monotonic())
-        return rank
+        mine = await self.register()
+        if time.monotonic() - self._ranks_read >= RANK_CACHE_S:
+            self._ranks = await asyncio.to_thread(version.live_ranks, self.settings.ray_namespace)
+            self._ranks_read = time.monotonic()
+        return self._ranks.get(theirs, 0) < max(self._ranks.get(self.version, 0), mine)
 
     async def _bind(self, user_id: str, replacing: str = "") -> Any:
         spare = await self.pool.take() if self.pool is not None else None

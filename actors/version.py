@@ -1,15 +1,16 @@
-"""Which deploy a session actor belongs to: its code and settings, and which of two deploys is
-newer, so that an edge of a new deploy hands a user over from an actor of an older one.
+"""Which deploy a session actor belongs to: its code and settings, and which of the deploys
+running in the cluster is current, so that an edge of a new deploy hands a user over from an
+actor of an older one.
 
 A live actor keeps the code and settings it started with. Every session actor's name therefore
 carries a version, a digest of the code that runs in the actor (the `actors` and `chatdf`
-packages) and of the settings it got, edge-only settings left out. Versions are ordered by the
-latest start of an edge running them: each starting edge takes the next number of a sequence
-kept in Ray's GCS key-value store (put-if-absent, so two edges never share one; no clocks
-involved) and writes it as its version's rank, so every edge of the cluster agrees which of two
-versions is the current deploy. An old edge still running beside new ones (a rolling deploy)
-never takes a user back, since it started earlier; a rollback's edges start later, so they do
-take users over.
+packages) and of the settings it got, edge-only settings left out. Each starting edge takes the
+next number of a sequence kept in Ray's GCS key-value store (put-if-absent, so no two edges share
+one; no clocks involved) and puts its version and number in its hub's name (actors/edges.py).
+A version's rank is the highest number among the live edges running it; with no live edge it is
+0. So the version of the edge that started last and still runs is current: during a rolling
+deploy the old edges (started earlier) never take users back, a rollback's edges (started last)
+take them over, and a version whose edges are all gone ranks below every running one.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from typing import Any
 
 from chatdf.settings import Settings
 
-VERSION_PREFIX = "chatdf-version/"  # -> the version's rank: the number of its latest edge start
 STARTS_PREFIX = "chatdf-edge-starts/"  # the sequence of edge starts (the last few are kept)
+HUB_PREFIX = "edge:"  # an edge hub's name: edge:<version>:<start number>:<unique>
 STARTS_KEPT = 100
 MAX_ATTEMPTS = 50  # each lost race means another edge took a number: the next try takes the next
 VERSION_CHARS = 12
@@ -93,9 +94,9 @@ def version_of(name: str) -> str:
     return parts[1] if len(parts) == 3 and parts[0] + ":" == NAME_PREFIX else ""
 
 
-def register(version: str, namespace: str) -> float:
-    """Records that an edge of this version starts now; returns its rank, higher than that of
-    every edge that started before."""
+def register(version: str, namespace: str) -> int:
+    """Takes the next number of the cluster's edge starts for an edge of `version` starting now
+    (higher than that of every edge that started before)."""
     from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_list, _internal_kv_put
 
     prefix = STARTS_PREFIX.encode()
@@ -109,31 +110,31 @@ def register(version: str, namespace: str) -> float:
         key = prefix + f"{number:012d}".encode()
         if _internal_kv_put(key, version.encode(), overwrite=False, namespace=namespace):
             continue  # another edge took it first
-        if rank(version, namespace) < number:  # an edge of it that started later may have won
-            _internal_kv_put(
-                f"{VERSION_PREFIX}{version}".encode(),
-                str(number).encode(),
-                overwrite=True,
-                namespace=namespace,
-            )
         for old in taken[:-STARTS_KEPT]:
             _internal_kv_del(prefix + f"{old:012d}".encode(), namespace=namespace)
-        return float(number)
+        return number
     raise RuntimeError("could not record this edge's start (too many edges starting at once)")
 
 
-def rank(version: str, namespace: str) -> float:
-    """The number of the latest start of an edge of `version`; 0.0 (older than any) when
-    unknown or from before versions."""
-    from ray.experimental.internal_kv import _internal_kv_get
-
-    if not version:
-        return 0.0
-    return _rank_value(_internal_kv_get(f"{VERSION_PREFIX}{version}".encode(), namespace=namespace))
+def hub_name(version: str, number: int, unique: str) -> str:
+    return f"{HUB_PREFIX}{version}:{number}:{unique}"
 
 
-def _rank_value(raw: bytes | None) -> float:
-    try:
-        return float(raw.decode()) if raw else 0.0
-    except ValueError:
-        return 0.0
+def hub_rank(name: str) -> tuple[str, int] | None:
+    """The version and start number in an edge hub's name (None: not a versioned hub)."""
+    parts = name.split(":")
+    if len(parts) != 4 or parts[0] + ":" != HUB_PREFIX or not parts[2].isdigit():
+        return None
+    return parts[1], int(parts[2])
+
+
+def live_ranks(namespace: str) -> dict[str, int]:
+    """Each version's rank: the highest start number among its live edges."""
+    import ray
+
+    ranks: dict[str, int] = {}
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        found = hub_rank(entry["name"]) if entry["namespace"] == namespace else None
+        if found is not None:
+            ranks[found[0]] = max(ranks.get(found[0], 0), found[1])
+    return ranks

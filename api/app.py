@@ -300,12 +300,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             "password%s (DEV_LOGIN=false turns it off)",
             " from any client" if settings.dev_login_allow_remote else " from this machine",
         )
+    sessions = Sessions(settings)
+    number = await sessions.register()  # this edge's start, before any actor of its deploy
     manager = ConnectionManager(settings)
-    await manager.start()
+    await manager.start(sessions.version, number)  # the hub's name ranks this deploy
     app.state.connection_manager = manager
     spares = SparePool(settings, manager.hub_name)
-    sessions = Sessions(settings, spares)
-    await sessions.register()  # this deploy's version, before any actor of it starts
+    sessions.pool = spares
     spares.start()
     warming = asyncio.create_task(_warm_task_workers(spares, settings.warm_task_workers))
     app.state.sessions = sessions

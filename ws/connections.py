@@ -101,9 +101,13 @@ class ConnectionManager:
 
     # Life of the edge ----------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Creates this edge's hub (it dies with the process) and follows its wake-ups."""
-        self.hub_name, self._hub = await asyncio.to_thread(start_hub, self.settings.ray_namespace)
+    async def start(self, version: str = "", number: int = 0) -> None:
+        """Creates this edge's hub (it dies with the process) and follows its wake-ups.
+
+        `version`, `number`: the edge's deploy and start number, in the hub's name."""
+        self.hub_name, self._hub = await asyncio.to_thread(
+            start_hub, self.settings.ray_namespace, version, number
+        )
         self._hub_task = asyncio.create_task(self._follow_hub())
 
     async def close_all(self) -> None:
@@ -135,6 +139,8 @@ class ConnectionManager:
         self._connections.setdefault(user_id, set()).add(conn)
         follower = self._subscriptions.get(user_id)
         if follower is None or follower.task is None or follower.task.done():
+            if follower is not None:
+                self._end_streams(follower)
             follower = self._subscriptions[user_id] = Follower()
             follower.task = asyncio.create_task(self._follow(user_id, follower))
         return conn
@@ -244,11 +250,15 @@ class ConnectionManager:
             return
         if follower.task is not None:
             follower.task.cancel()
+        self._end_streams(follower)
+
+    def _end_streams(self, follower: Follower) -> None:
         for stream in follower.streams.values():
             if stream.task is not None:
                 stream.task.cancel()
             if stream.sub_id:
                 self._spawn(self._tell_actor_unsubscribed(stream.handle, stream.sub_id))
+        follower.streams.clear()
 
     @staticmethod
     async def _tell_actor_unsubscribed(handle: Any, sub_id: str) -> None:
@@ -294,7 +304,13 @@ class ConnectionManager:
         """
         while self._subscriptions.get(user_id) is follower:
             follower.wake.clear()  # before looking: a start after this look sets it again
-            live = {handle._actor_id.hex(): handle for handle in await self._lookup(user_id)}
+            try:
+                found = await self._lookup(user_id)
+            except Exception as exc:  # Ray's GCS busy or restarting: look again soon
+                log.warning("could not look up the actors of user %s (%s)", user_id, exc)
+                await asyncio.sleep(RESUBSCRIBE_DELAY_S)
+                continue
+            live = {handle._actor_id.hex(): handle for handle in found}
             for key, stream in list(follower.streams.items()):
                 if key not in live and (stream.task is None or stream.task.done()):
                     del follower.streams[key]  # an actor that is no longer the user's, ended
@@ -331,11 +347,7 @@ class ConnectionManager:
             async for ref in items:
                 batch: list[Stamped] = await ref
                 started = True
-                if batch and batch[0][1].get("type") == IN_FLIGHT:
-                    stream.inflight.observe(batch[0][1])
-                    batch = batch[1:]
-                self._deliver(user_id, stream, batch)
-                self.on_batch(batch)
+                self.on_batch(self._deliver(user_id, stream, batch))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -350,14 +362,20 @@ class ConnectionManager:
             for conn in list(self._connections.get(user_id, ())):
                 self.enqueue(conn, text)
 
-    def _deliver(self, user_id: str, stream: ActorStream, batch: list[Stamped]) -> None:
+    def _deliver(self, user_id: str, stream: ActorStream, batch: list[Stamped]) -> list[Stamped]:
+        """Queues the batch's events for the user's sockets; returns those that were events."""
+        delivered = []
         for stamp, event in batch:
-            stream.last_stamp = stamp
             stream.inflight.observe(event)
+            if event.get("type") == IN_FLIGHT:  # for this edge only (see actors/fanout.py)
+                continue
+            delivered.append((stamp, event))
+            stream.last_stamp = stamp
             text = dumps(event)
             for conn in list(self._connections.get(user_id, ())):
                 if stamp >= conn.accepted_at:  # nothing from before a socket's accept
                     self.enqueue(conn, text)
+        return delivered
 
 
 def _ignore(batch: list[Stamped]) -> None:

@@ -26,9 +26,9 @@ class InFlight:
 
     def observe(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
-        if kind == IN_FLIGHT:  # the actor's own list as the stream starts (a socket mid-turn)
-            self.turns.update(event.get("turns") or {})
-            self.loads.update(event.get("loads") or {})
+        if kind == IN_FLIGHT:  # the actor's own list: as a stream starts (a tab opened mid-turn)
+            self.turns = dict(event.get("turns") or {})  # and as a retiring actor's ends
+            self.loads = dict(event.get("loads") or {})
             return
         conv = str(event.get("conversation_id") or "")
         if kind == "query_status" and conv:

@@ -50,3 +50,18 @@ async def test_concurrent_first_calls_all_wait_for_the_budget_to_load(settings: 
         for task in list(actor._background):
             task.cancel()
         db.dispose()
+
+
+def test_an_actor_taking_over_stays_while_its_predecessor_drains(settings: Settings) -> None:
+    """Its binding must stay the user's while the older deploy's actor finishes: an idle exit
+    would let the next actor start as if nothing ran, and sweep rows still being written."""
+    from actors.session import SessionActor
+
+    idle = settings.model_copy(update={"actor_idle_timeout_s": 0.0})
+    actor = SessionActor(str(uuid.uuid4()), idle)
+    assert actor.is_idle()
+    actor.predecessors._handles.append(object())  # an older deploy's actor, still draining
+    assert not actor.is_idle()
+    actor.predecessors.clear()
+    assert actor.is_idle()
+    actor.db.dispose()

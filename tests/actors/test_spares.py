@@ -143,3 +143,26 @@ def test_an_unbound_spare_exits_with_its_edge(ray_session: None, settings: Setti
     ray.kill(hub, no_restart=True)
     assert wait_until(lambda: not named_alive(name, settings))
     assert named_alive(bound_name, settings)  # a bound one is the user's, not the edge's
+
+
+def test_a_binding_after_a_handover_never_reuses_a_retiring_actors_number(
+    ray_session: None, settings: Settings
+) -> None:
+    """A is replaced by B (A retiring at generation 0, B at 1); B dies while A still drains.
+    The next actor must not take generation 0 again: A's exit would then remove its key."""
+    ns, user_id = settings.ray_namespace, f"gen-{uuid.uuid4().hex}"
+    name_a, a = start_unbound_actor(settings)
+    assert directory.bind(user_id, name_a, ns) == (name_a, 0)
+    name_b, b = start_unbound_actor(settings)
+    assert directory.bind(user_id, name_b, ns, replacing=name_a) == (name_b, 1)
+    assert directory._generations(user_id, ns, directory.RETIRING_PREFIX) == [0]
+    ray.kill(b, no_restart=True)
+    assert wait_until(lambda: not named_alive(name_b, settings))
+    name_c, c = start_unbound_actor(settings)
+    assert directory.bind(user_id, name_c, ns) == (name_c, 2)
+    directory.unbind(user_id, 0, ns, name_a)  # A exits: only its own key goes
+    assert directory.find_bound(user_id, ns)[0] == name_c
+    directory.unbind(user_id, 2, ns, name_a)  # a key naming another actor is left alone
+    assert directory.find_bound(user_id, ns)[0] == name_c
+    for handle in (a, c):
+        ray.kill(handle, no_restart=True)

@@ -4,11 +4,15 @@ makes a new version, and how two versions are ordered across the cluster."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
+import ray
 
 from actors import version
+from actors.edges import start_hub
 from chatdf.settings import Settings
+from tests.live import wait_until
 
 
 def test_settings_the_actor_uses_make_a_new_version(settings: Settings) -> None:
@@ -39,21 +43,39 @@ def test_the_version_is_in_the_actor_name() -> None:
     assert version.version_of("session:" + "u" * 32) == ""  # named before versions existed
 
 
-def test_the_version_of_the_edge_that_started_last_is_the_current_one(
+def _hub(settings: Settings, deploy: str) -> Any:
+    number = version.register(deploy, settings.ray_namespace)
+    _name, hub = start_hub(settings.ray_namespace, deploy, number)
+    ray.get(hub.ready.remote())
+    return hub
+
+
+def test_the_deploy_of_the_edge_that_started_last_and_runs_is_current(
     ray_session: None, settings: Settings
 ) -> None:
-    """An edge ranks its version by its own start: a new deploy's edges outrank the old ones
-    still running beside them, and a rollback's edges (the old version again) outrank both."""
+    """Ranks come from the live edges' hubs: a new deploy's edge outranks the old ones still
+    running beside it; a rollback's edge (the old version again) outranks both; a version
+    whose edges are all gone ranks below any that runs."""
     ns = settings.ray_namespace
-    old, new = f"old-{uuid.uuid4().hex[:8]}", f"new-{uuid.uuid4().hex[:8]}"
-    old_rank = version.register(old, ns)
-    new_rank = version.register(new, ns)
-    assert old_rank < new_rank
-    assert (version.rank(old, ns), version.rank(new, ns)) == (old_rank, new_rank)
-    rolled_back = version.register(old, ns)
-    assert version.rank(old, ns) == rolled_back > new_rank
-    assert version.rank("", ns) == 0.0  # an actor from before versions: older than any
-    assert version.rank(f"never-{uuid.uuid4().hex[:8]}", ns) == 0.0
+    old, new = f"old{uuid.uuid4().hex[:8]}", f"new{uuid.uuid4().hex[:8]}"
+    old_hub, new_hub = _hub(settings, old), _hub(settings, new)
+    ranks = version.live_ranks(ns)
+    assert 0 < ranks[old] < ranks[new]
+    rollback_hub = _hub(settings, old)
+    assert version.live_ranks(ns)[old] > ranks[new]
+    for hub in (old_hub, rollback_hub):
+        ray.kill(hub)
+    assert wait_until(lambda: old not in version.live_ranks(ns))
+    ray.kill(new_hub)
+
+
+def test_edges_starting_at_once_never_share_a_number(ray_session: None, settings: Settings) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    deploy, ns = f"same{uuid.uuid4().hex[:8]}", settings.ray_namespace
+    with ThreadPoolExecutor(8) as pool:
+        numbers = list(pool.map(lambda _: version.register(deploy, ns), range(16)))
+    assert len(set(numbers)) == 16
 
 
 @pytest.mark.parametrize("name", ["session:a:b:c", "edge:x", "", "session:"])

@@ -172,3 +172,39 @@ def test_an_old_actor_that_dies_while_handing_over_loses_nothing_it_saved(
     finally:
         held.release()
         old_client.close()
+
+
+def test_a_conversation_is_free_once_the_old_actors_turn_there_ends(
+    rollout: Rollout, fake_gemini: FakeGemini
+) -> None:
+    """The old actor runs turns in two conversations; the first one's end frees that
+    conversation on the new deploy at once, while the other still runs there."""
+    old_edge = rollout.old_edge
+    token, _user_id, old_client = old_edge.login(f"deploy-free-{uuid.uuid4().hex[:8]}@ex.com")
+    short = fake_gemini.script_text("short.", chunks=2, hold_after=1)
+    long = fake_gemini.script_text("long.", chunks=2, hold_after=1)
+    try:
+        first, second = (old_client.post("/conversations").json()["id"] for _ in range(2))
+        with old_edge.ws(token) as tab:
+            for conv in (first, second):
+                old_client.post(f"/conversations/{conv}/messages", json={"content": "go"})
+                assert tab.receive_until("chat_token")[-1]["conversation_id"] == conv
+            new_client = rollout.roll().client(token)
+            busy = new_client.post(f"/conversations/{first}/messages", json={"content": "x"})
+            assert busy.status_code == 409  # the handover: the old actor still writes both
+            short.release()
+            assert tab.receive_until("chat_complete")[-1]["conversation_id"] == first
+            fake_gemini.script_text("on the new deploy.", chunks=1)
+            again = new_client.post(f"/conversations/{first}/messages", json={"content": "y"})
+            assert again.status_code == 202
+            still = new_client.post(f"/conversations/{second}/messages", json={"content": "z"})
+            assert still.status_code == 409
+            long.release()
+            ends = {e["conversation_id"] for e in tab.receive_until("chat_complete")}
+            ends |= {e["conversation_id"] for e in tab.receive_until("chat_complete")}
+            assert ends == {first, second}
+        new_client.close()
+    finally:
+        short.release()
+        long.release()
+        old_client.close()
