@@ -9,7 +9,7 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from actors import directory
@@ -233,13 +233,16 @@ class SessionActor:
             await asyncio.wait_for(self.fanout.wait_empty(), FLUSH_TIMEOUT_S)
         _exit_current_actor()  # a `drained` caller sees the reply or the exit: the same to it
 
-    @contextlib.contextmanager
-    def _new_work(self) -> Iterator[None]:
-        """A call that starts work; once this actor retires it goes to the user's current one."""
+    @contextlib.asynccontextmanager
+    async def _new_work(self) -> AsyncIterator[None]:
+        """A call that starts work, once the actor is ready; once this actor retires it goes
+        to the user's current one."""
         if self._retiring is not None:
             raise Retired(f"this session actor of {self.user_id} has handed over")
         self._admitting += 1
         try:
+            await self.ready()
+            self._touch()
             yield
         finally:
             self._admitting -= 1
@@ -416,25 +419,19 @@ class SessionActor:
 
     @from_edge
     async def add_dataset(self, conversation_id: str, url: str) -> dict[str, Any]:
-        with self._new_work():
-            await self.ready()
-            self._touch()
+        async with self._new_work():
             return await self.datasets.add(conversation_id, url)
 
     @from_edge
     async def refresh_dataset(self, conversation_id: str, dataset_id: str) -> dict[str, Any]:
-        with self._new_work():
-            await self.ready()
-            self._touch()
+        async with self._new_work():
             return await self.datasets.refresh(conversation_id, dataset_id)
 
     # Chat --------------------------------------------------------------------------------
 
     @from_edge
     async def post_message(self, conversation_id: str, content: str) -> dict[str, Any]:
-        with self._new_work():
-            await self.ready()
-            self._touch()
+        async with self._new_work():
             if self.predecessors:  # their turns that ended since free their conversations
                 await self.predecessors.refresh()
             return await self.chat.post(conversation_id, content)
@@ -462,16 +459,12 @@ class SessionActor:
 
     @from_edge
     async def query(self, conversation_id: str, sql: str) -> dict[str, Any]:
-        with self._new_work():
-            await self.ready()
-            self._touch()
+        async with self._new_work():
             return await self.chat.query(conversation_id, sql)
 
     @from_edge
     async def usage(self) -> dict[str, Any]:
-        with self._new_work():
-            await self.ready()
-            self._touch()
+        async with self._new_work():
             return self.budget.snapshot()
 
 

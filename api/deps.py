@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request, WebSocket
 
+from actors.handover import actor_gone
 from actors.spares import Sessions
 from api.errors import unwrap
 from api.observe import call_context
@@ -100,17 +101,12 @@ async def call_actor(sessions: Sessions, user_id: str, method: str, *args: Any) 
         try:
             return await _remote_call(handle, method, args)
         except Exception as exc:
-            if _actor_gone(exc) or type(unwrap(exc)).__name__ == "Retired":
+            if actor_gone(exc) or type(unwrap(exc)).__name__ == "Retired":
                 sessions.forget(user_id)
                 if attempt == 0:
                     continue
             raise
     raise AssertionError("unreachable")
-
-
-def _actor_gone(exc: BaseException) -> bool:
-    """The actor died or exited under the call (not a merely unavailable one, not our error)."""
-    return type(exc).__name__ in ("ActorDiedError", "RayActorError")
 
 
 async def _remote_call(handle: Any, method: str, args: tuple[Any, ...]) -> Any:
@@ -135,7 +131,7 @@ async def call_actor_if_running(sessions: Sessions, user_id: str, method: str, *
     try:
         return await _remote_call(handle, method, args)
     except Exception as exc:
-        if _actor_gone(exc):
+        if actor_gone(exc):
             sessions.forget(user_id)
             return None  # it exited meanwhile: nothing of it to stop or cancel
         raise
