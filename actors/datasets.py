@@ -199,27 +199,16 @@ class DatasetLoader:
             return dataset_json(row)
 
     async def _inspect(self, url: str) -> dict[str, Any]:
-        from actors.tasks import LOAD_SLOT, load_dataset_task, slot_options
+        from actors.tasks import load_url
 
         with dataset_load(self.settings):  # duration by outcome; a span when tracing
-            ref = load_dataset_task.options(**slot_options(LOAD_SLOT)).remote(
-                url, self.settings.for_tasks(), self.user_id
-            )
-            # Not asyncio.wait_for: on Python 3.11 it awaits in another task and can lose a
-            # cancel (the dataset deleted) that lands as the load finishes.
             try:
-                async with asyncio.timeout(self.settings.dataset_total_timeout_s + 5):
-                    result: dict[str, Any] = await ref
+                return await load_url(url, self.settings, self.user_id)
             except TimeoutError:
-                _cancel(ref)
                 raise DatasetError(
                     f"Loading the dataset took longer than "
                     f"{self.settings.dataset_total_timeout_s:g} seconds"
                 ) from None
-            except asyncio.CancelledError:
-                _cancel(ref)
-                raise
-            return result
 
     async def _load(self, conversation_id: str, dataset: dict[str, Any]) -> dict[str, Any]:
         dataset_id = dataset["id"]
@@ -288,12 +277,3 @@ class DatasetLoader:
             row.status = "error"
             row.error = error
             return True
-
-
-def _cancel(ref: Any) -> None:
-    import ray
-
-    try:
-        ray.cancel(ref, force=True)
-    except Exception:  # already finished or gone
-        log.debug("cancel of a finished load task ignored")

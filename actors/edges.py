@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from actors import version
+from actors.gateway import Caller, TaskGateway
 
 log = logging.getLogger(__name__)
 
@@ -19,8 +20,9 @@ WATCH_RENEW_S = 300.0  # watch calls return after this: those of vanished caller
 MAX_WAKE_BATCH = 1000
 
 
-class EdgeHubActor:
-    """Plain class behind one edge's hub; `hub_class()` wraps it for Ray.
+class EdgeHubActor(TaskGateway):
+    """Plain class behind one edge's hub; `hub_class()` wraps it for Ray. It is also the edge's
+    task gateway (`actors.gateway`): session actors submit loads and queries through it.
 
     The edge streams `wakeups()` for its whole life. A session actor that starts calls `notify`
     on every hub; the edge then subscribes for that user if it holds sockets of the user. The hub
@@ -71,7 +73,8 @@ _remote_class: Any = None
 
 
 def hub_class() -> Any:
-    """The Ray shell: no CPU slot; `watch` calls in their own group so they never queue wakes."""
+    """The Ray shell: no CPU slot; `watch` calls and relayed tasks in their own groups, so that
+    neither ever queues a wake-up."""
     global _remote_class
     if _remote_class is None:
         import ray
@@ -83,8 +86,29 @@ def hub_class() -> Any:
             ) -> bool:
                 return await super().watch(renew_s)
 
+            @ray.method(concurrency_group="tasks")
+            async def run_sql(  # type: ignore[override]
+                self,
+                options: dict[str, Any],
+                args: tuple[Any, ...],
+                deadline_s: float,
+                caller: Caller,
+            ) -> AsyncIterator[dict[str, Any]]:
+                async for item in super().run_sql(options, args, deadline_s, caller):
+                    yield item
+
+            @ray.method(concurrency_group="tasks")
+            async def load_dataset(  # type: ignore[override]
+                self,
+                options: dict[str, Any],
+                args: tuple[Any, ...],
+                deadline_s: float,
+                caller: Caller,
+            ) -> dict[str, Any]:
+                return await super().load_dataset(options, args, deadline_s, caller)
+
         _remote_class = ray.remote(  # type: ignore[call-overload]
-            num_cpus=0, max_concurrency=100, concurrency_groups={"watch": 100_000}
+            num_cpus=0, max_concurrency=100, concurrency_groups={"watch": 100_000, "tasks": 10_000}
         )(_Hub)
     return _remote_class
 

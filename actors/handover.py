@@ -65,7 +65,8 @@ class Predecessors:
                 )
             except Exception as exc:
                 if actor_gone(exc):
-                    self._handles.remove(handle)
+                    if handle in self._handles:  # a concurrent refresh (or clear) may have
+                        self._handles.remove(handle)
                     continue
                 busy = {"conversations": list(self.chat.elsewhere), "loads": 0}
             conversations.update(busy.get("conversations", ()))

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from actors import directory
+from actors import directory, gateway
 from actors.budget import TokenBudget, prune_cutoff, prune_usage
 from actors.chat import ChatRunner
 from actors.datasets import DatasetLoader
@@ -257,6 +257,12 @@ class SessionActor:
         del self.budget, self.datasets, self.chat, self.predecessors
 
     # Lifecycle ---------------------------------------------------------------------------
+
+    async def hold_while_running(self, token: str) -> None:
+        """Held by a task gateway while it runs a load or query of this actor's: returns when
+        that call has ended, and fails when this actor dies, which stops the task
+        (`actors.gateway`). Not work: it neither starts nor touches the actor."""
+        await gateway.hold(token)
 
     async def ready(self) -> bool:
         """Finishes start-up once (budget from the database, orphaned loads closed).

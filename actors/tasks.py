@@ -18,6 +18,7 @@ from typing import Any
 import ray
 from ray.exceptions import OutOfMemoryError, RayError, TaskCancelledError, WorkerCrashedError
 
+from actors.gateway import FAILED, NoGateway, caller_watch, forget, gateway, gateway_died
 from actors.observe import sql_run
 from chatdf import tracing
 from chatdf.errors import ChatdfError, SqlFailed
@@ -58,8 +59,9 @@ WARM_LINGER_S = 1.0  # a warm-up stays busy this long, so the others land on oth
 
 
 def warm_worker(linger_s: float = WARM_LINGER_S) -> int:
-    """Readies one task worker ahead of demand: Polars and the load and query code imported,
-    the query fork server started. Returns the worker's pid. Named so it shows as
+    """Readies one task worker ahead of demand: Polars, the load and query code and the SQL
+    guard's parser (sqlglot's DuckDB dialect loads at its first parse) imported, the query fork
+    server started. Returns the worker's pid. Named so it shows as
     `ray::warm_worker`; the worker then idles and takes later loads and queries.
 
     It lingers before returning: a warm-up on an already warm worker ends in milliseconds, and
@@ -71,8 +73,10 @@ def warm_worker(linger_s: float = WARM_LINGER_S) -> int:
     import pyarrow.parquet  # noqa: F401
 
     from actors import dataset_task, sql_task  # noqa: F401
+    from actors.sql_guard import check_sql
     from actors.sql_sandbox import start_fork_server
 
+    check_sql("SELECT 1 AS one FROM t", ["t"], 100)
     start_fork_server()
     time.sleep(linger_s)
     return os.getpid()
@@ -97,6 +101,7 @@ run_sql_task = ray.remote(num_returns="streaming", max_retries=0, retry_exceptio
 QUERY_SLOT = "chatdf_query"
 LOAD_SLOT = "chatdf_load"
 _SLOTS_RECHECK_S = 30.0
+GATEWAY_MARGIN_S = 5.0  # a gateway's own limit on a task, past the caller's
 _slots_found: set[str] = set()  # resources the cluster has (nodes do not lose them)
 _slots_absent_at: dict[str, float] = {}  # resource -> when it was last looked for, absent
 _user_queries: asyncio.Semaphore | None = None  # this process is one user's session actor
@@ -158,11 +163,35 @@ async def run_sql(sql: str, tables: list[dict[str, Any]], settings: Settings) ->
 
 
 async def _run_task(sql: str, tables: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
-    """Submit, wait for a node's query slot (bounded), then run within QUERY_TIMEOUT_S: the
-    time limit starts when the query starts, so waiting for a slot never eats it."""
+    """Submit (through an edge's task gateway, `actors.gateway`), wait for a node's query slot
+    (bounded), then run within QUERY_TIMEOUT_S: the time limit starts when the query starts, so
+    waiting for a slot never eats it. A gateway that dies on the way costs one more try."""
     options = {"memory": settings.query_memory_bytes, **slot_options(QUERY_SLOT)}
     trace = tracing.inject() if settings.otel_enabled else None
-    task = run_sql_task.options(**options).remote(sql, tables, settings.for_tasks(), trace)
+    args = (sql, tables, settings.for_tasks(), trace)
+    deadline_s = settings.query_queue_timeout_s + settings.query_timeout_s + GATEWAY_MARGIN_S
+    for tries_left in (1, 0):
+        via = await _gateway_or_none(settings)
+        try:
+            with caller_watch() as caller:
+                if via is None:
+                    task = run_sql_task.options(**options).remote(*args)
+                else:
+                    task = via.run_sql.options(num_returns="streaming").remote(
+                        options, args, deadline_s, caller
+                    )
+                return await _follow_sql(task, via, settings)
+        except RayError as exc:
+            if via is not None and gateway_died(exc):
+                forget(settings.ray_namespace, via)
+                if tries_left:
+                    log.info("task gateway gone (%s); the query tries another", type(exc).__name__)
+                    continue
+            raise _explain_ray_error(exc) from None
+    raise AssertionError("unreachable")
+
+
+async def _follow_sql(task: Any, via: Any, settings: Settings) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     started = False
     try:
@@ -178,10 +207,10 @@ async def _run_task(sql: str, tables: list[dict[str, Any]], settings: Settings) 
             raise first["exception"]
         result = {k: v for k, v in first.items() if k != "kind"}
         if result["truncated"]:
-            result["total_rows"] = await _count_or_none(task, deadline - loop.time())
+            result["total_rows"] = await _count_or_none(task, via, deadline - loop.time())
         return result
     except TimeoutError:
-        ray.cancel(task, force=True)
+        _cancel(task, via)
         if not started:
             raise SqlFailed(
                 f"No query slot was free within {_seconds(settings.query_queue_timeout_s)}; "
@@ -191,18 +220,70 @@ async def _run_task(sql: str, tables: list[dict[str, Any]], settings: Settings) 
             f"The query took longer than {_seconds(settings.query_timeout_s)} and was cancelled"
         ) from None
     except asyncio.CancelledError:  # the turn was stopped: do not leave the query running
-        ray.cancel(task, force=True)
+        _cancel(task, via)
         raise
-    except RayError as exc:
-        raise _explain_ray_error(exc) from None
 
 
-async def _count_or_none(task: Any, timeout_s: float) -> int | None:
+async def load_url(url: str, settings: Settings, owner: str) -> dict[str, Any]:
+    """Runs `load_dataset_task` for `url` through a task gateway (or directly without one),
+    within DATASET_TOTAL_TIMEOUT_S. Raises the task's error, TimeoutError past the limit."""
+    options = slot_options(LOAD_SLOT)
+    args = (url, settings.for_tasks(), owner)
+    limit_s = settings.dataset_total_timeout_s + GATEWAY_MARGIN_S
+    for tries_left in (1, 0):
+        via = await _gateway_or_none(settings)
+        try:
+            with caller_watch() as caller:
+                if via is None:
+                    ref = load_dataset_task.options(**options).remote(*args)
+                else:
+                    ref = via.load_dataset.remote(options, args, limit_s, caller)
+                try:
+                    # Not asyncio.wait_for: on Python 3.11 it awaits in another task and can
+                    # lose a cancel (the dataset deleted) that lands as the load finishes.
+                    async with asyncio.timeout(limit_s):
+                        result: dict[str, Any] = await ref
+                except (TimeoutError, asyncio.CancelledError):
+                    _cancel(ref, via)
+                    raise
+        except RayError as exc:
+            if via is not None and gateway_died(exc):
+                forget(settings.ray_namespace, via)
+                if tries_left:
+                    log.info("task gateway gone (%s); the load tries another", type(exc).__name__)
+                    continue
+            raise
+        if result.get("kind") == FAILED:
+            raise result["exception"]
+        return result
+    raise AssertionError("unreachable")
+
+
+async def _gateway_or_none(settings: Settings) -> Any:
+    try:
+        return await gateway(settings.ray_namespace)
+    except NoGateway:
+        return None
+
+
+def _cancel(task: Any, via: Any) -> None:
+    """Stops a task (`via` None) or a gateway call, whose gateway then force-stops the task.
+
+    Ray force-cancels tasks only, not actor calls; and the gateway call's cancel must not be
+    recursive: Ray would first pass a soft cancel on to the task (a KeyboardInterrupt that a
+    blocking read never sees), after which the gateway's force-cancel does nothing (checked)."""
+    try:
+        ray.cancel(task, force=via is None, recursive=via is None)
+    except Exception:  # already finished or gone
+        log.debug("cancel of a finished task ignored")
+
+
+async def _count_or_none(task: Any, via: Any, timeout_s: float) -> int | None:
     """The full row count if it arrives in time; else the count is stopped and reported unknown."""
     try:
         item = await _next_item(task, timeout_s)
     except TimeoutError:
-        ray.cancel(task, force=True)
+        _cancel(task, via)
         return None
     except RayError:  # e.g. the worker was stopped for memory while counting: keep the rows
         return None
@@ -219,6 +300,8 @@ async def _next_item(task: Any, timeout_s: float) -> dict[str, Any] | None:
     except StopAsyncIteration:
         return None
     item: dict[str, Any] = await ref
+    if item.get("kind") == FAILED:  # the task's own Ray error, relayed by a gateway
+        raise item["exception"]
     return item
 
 

@@ -129,3 +129,39 @@ def test_result_bytes_are_capped(table: QueryTable) -> None:
     got = list(run_confined(wide, [table], limits(max_bytes=8), "required"))
     assert got[0][0] == "error"
     assert got[0][1].error.startswith("The result is too large: one row alone is over 8 bytes")
+
+
+MAIN_SCRIPT = """
+import os, sys
+if __name__ == "__mp_main__":  # multiprocessing re-running this script in the query process
+    with open(os.environ["MARK"], "a") as mark:
+        mark.write("re-imported\\n")
+if __name__ == "__main__":
+    sys.path.insert(0, os.environ["ROOT"])
+    from actors.sql_child import QueryLimits, QueryTable
+    from actors.sql_sandbox import run_confined
+    table = QueryTable(name="table1", path=os.environ["TABLE"], format="parquet")
+    limits = QueryLimits(max_rows=10, max_bytes=10_000, memory_bytes=512 * 1024**2)
+    print(list(run_confined("SELECT SUM(revenue) AS total FROM table1", [table], limits, "off")))
+"""
+
+
+def test_a_query_process_does_not_rerun_the_parents_main_script(
+    table: QueryTable, tmp_path: Path
+) -> None:
+    """In a Ray worker the main script is Ray's worker script: re-running it in every query
+    process (multiprocessing's default) imported Ray there, ≈ 0.3 s per query."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "parent_main.py"
+    script.write_text(MAIN_SCRIPT)
+    mark = tmp_path / "mark"
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "MARK": str(mark), "TABLE": table.path, "ROOT": root}
+    run = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert "'rows': [[3.5]]" in run.stdout, run.stdout
+    assert not mark.exists(), mark.read_text()

@@ -1,0 +1,188 @@
+"""The task gateway: session actors submit their loads and queries through an edge's hub.
+
+Why: Ray hands a task only to a worker of the same *root detached actor* as the task's
+submitter. Every session actor is detached, so each one's first query or load started a worker
+process of its own (≈ 1–2 CPU-s, Polars imported afresh), and the warm workers the edge readied
+(`actors.tasks.warm_task_workers`) served nobody but the edge (measured: six actors, six
+workers; through one gateway, one). The hub (`actors.edges`) is owned by its edge, not detached,
+so the tasks it submits share the edge's warm workers with every session actor.
+
+The gateway relays, it decides nothing: the session actor checks its caps and time limits
+(`actors.tasks`, `actors.datasets`) as before. A stopped turn cancels its call, and the gateway
+force-cancels the task. A gateway that dies (its edge went away) fails the call with an actor
+error: the caller then picks another edge's gateway and tries once more, or, with no gateway
+left, submits the task itself (cold worker, still correct). A caller that dies leaves its task
+is noticed by the gateway, which stops the task: each call carries the caller's handle and a
+token, and the gateway holds a `hold_while_running(token)` call on the caller that fails when
+the caller dies (`caller_watch`). `deadline_s` bounds a task even so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from ray.exceptions import RayError
+
+log = logging.getLogger(__name__)
+
+FAILED = "failed"  # a relayed item {"kind": FAILED, "exception": the task's Ray error}
+
+
+class TaskGateway:
+    """Plain class mixed into the edge hub's actor (`actors.edges.hub_class`)."""
+
+    async def run_sql(
+        self, options: dict[str, Any], args: tuple[Any, ...], deadline_s: float, caller: Caller
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Submits `actors.tasks.run_sql_task` with `options` and relays its items. A Ray error
+        of the task (its worker died, memory, cancel) arrives as a FAILED item, so that the
+        caller can tell it from this gateway's own death."""
+        import ray
+
+        from actors.tasks import run_sql_task
+
+        task = run_sql_task.options(**options).remote(*args)
+        watching = _stop_if_caller_dies(caller, task)
+        try:
+            async with asyncio.timeout(deadline_s):
+                async for ref in task:
+                    try:
+                        item: dict[str, Any] = await ref
+                    except RayError as exc:
+                        yield {"kind": FAILED, "exception": exc}
+                        return
+                    yield item
+        except TimeoutError:
+            log.warning("a query outlived its caller's limits; cancelled")
+        finally:
+            watching.cancel()
+            with contextlib.suppress(Exception):  # already finished
+                ray.cancel(task, force=True)
+
+    async def load_dataset(
+        self, options: dict[str, Any], args: tuple[Any, ...], deadline_s: float, caller: Caller
+    ) -> dict[str, Any]:
+        """Submits `actors.tasks.load_dataset_task` and returns its result (or raises)."""
+        import ray
+
+        from actors.tasks import load_dataset_task
+
+        ref = load_dataset_task.options(**options).remote(*args)
+        watching = _stop_if_caller_dies(caller, ref)
+        try:
+            async with asyncio.timeout(deadline_s):
+                try:
+                    result: dict[str, Any] = await ref
+                except RayError as exc:
+                    return {"kind": FAILED, "exception": exc}
+                return result
+        finally:
+            watching.cancel()
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+
+
+Caller = tuple[Any, str] | None  # (the calling actor's handle, its token), or not an actor
+
+
+def _stop_if_caller_dies(caller: Caller, task: Any) -> asyncio.Task[None]:
+    """Force-cancels `task` if the calling actor dies before it lets go of the token."""
+
+    async def watch() -> None:
+        import ray
+
+        if caller is None:
+            return
+        handle, token = caller
+        try:
+            await handle.hold_while_running.remote(token)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if gateway_died(exc):  # the caller's actor, here
+                log.info("a task's caller died; the task is stopped")
+                with contextlib.suppress(Exception):
+                    ray.cancel(task, force=True)
+
+    return asyncio.create_task(watch())
+
+
+# The caller's side (a session actor's process) ------------------------------------------
+
+
+class NoGateway(Exception):
+    """No edge hub is alive in the namespace: submit the task directly."""
+
+
+_chosen: dict[str, Any] = {}  # namespace -> the hub handle this process uses
+_running: dict[str, asyncio.Event] = {}  # token -> set when this process's call has ended
+
+
+@contextlib.contextmanager
+def caller_watch() -> Iterator[Caller]:
+    """What a gateway call carries so that the gateway notices this actor's death: this
+    actor's handle and a token its `hold_while_running` waits on until the call ends."""
+    import ray
+
+    context = ray.get_runtime_context()
+    if context.get_actor_id() is None:  # a driver (tests, tools): dies with its own tasks
+        yield None
+        return
+    token = uuid.uuid4().hex
+    _running[token] = asyncio.Event()
+    try:
+        yield (context.current_actor, token)
+    finally:
+        _running.pop(token).set()
+
+
+async def hold(token: str) -> None:
+    """The session actor's `hold_while_running`: returns once the call of `token` has ended."""
+    event = _running.get(token)
+    if event is not None:
+        await event.wait()
+
+
+def gateway_died(exc: BaseException) -> bool:
+    """Whether `exc`, from a call to an actor (a gateway, a caller), means that actor is gone."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+    return isinstance(exc, ActorDiedError | ActorUnavailableError | RayActorError)
+
+
+async def gateway(namespace: str) -> Any:
+    """A live hub of the namespace, the same one for this process until it fails."""
+    found = _chosen.get(namespace)
+    if found is None:
+        found = await asyncio.to_thread(_pick, namespace)
+        _chosen[namespace] = found
+    return found
+
+
+def forget(namespace: str, handle: Any) -> None:
+    """After `handle` failed: the next call picks another hub."""
+    if _chosen.get(namespace) is handle:
+        del _chosen[namespace]
+
+
+def _pick(namespace: str) -> Any:
+    import ray
+
+    from actors.edges import HUB_PREFIX
+
+    names = [
+        entry["name"]
+        for entry in ray.util.list_named_actors(all_namespaces=True)
+        if entry["namespace"] == namespace and entry["name"].startswith(HUB_PREFIX)
+    ]
+    random.shuffle(names)  # spread the session actors over the edges
+    for name in names:
+        with contextlib.suppress(ValueError):  # that edge went away meanwhile
+            return ray.get_actor(name, namespace=namespace)
+    raise NoGateway
