@@ -127,6 +127,8 @@ def notify_edges(user_id: str, namespace: str) -> list[Any]:
     import ray
 
     calls: list[Any] = []
+    if not ray.is_initialized():  # the plain class in a unit test: no Ray, so no edge
+        return calls
     for entry in ray.util.list_named_actors(all_namespaces=True):
         if entry["namespace"] != namespace or not entry["name"].startswith(HUB_PREFIX):
             continue

@@ -176,6 +176,8 @@ def _pick(namespace: str) -> Any:
 
     from actors.edges import HUB_PREFIX
 
+    if not ray.is_initialized():  # never start a Ray of its own just to look
+        raise NoGateway
     names = [
         entry["name"]
         for entry in ray.util.list_named_actors(all_namespaces=True)

@@ -92,6 +92,7 @@ class SessionActor:
         self._handover: asyncio.Future[None] | None = None  # taking over: start-up waits
         self._admitting = 0  # new-work calls under way (a retiring actor waits for them)
         self._closing = False  # retired and done: streams end, new ones are refused
+        self._model_prepared: asyncio.Task[None] | None = None
         if user_id is not None:
             self._take_user(user_id)
 
@@ -291,6 +292,17 @@ class SessionActor:
             await asyncio.to_thread(self._sweep)
         self._spawn(self._housekeeping())
         self._spawn(self._wake_edges())
+        self._model_prepared = self._spawn(self._prepare_model())
+
+    async def _prepare_model(self) -> None:
+        """The model's SDK imported and its client built now, in the background, not at the
+        user's first message (≈ 0.5 CPU-s; a spare did it in `warm`, an actor started for a
+        user who was not given a spare does it here, while the user's first call returns)."""
+        try:
+            await asyncio.to_thread(import_provider, self.settings)
+            self.chat.llm()  # on the loop: the client's async parts belong to it
+        except Exception:  # e.g. no model key: the first turn reports it properly
+            log.debug("model client not prepared at start", exc_info=True)
 
     def _sweep(self) -> None:
         """Rows a previous actor left open when it died end as interrupted."""
@@ -365,10 +377,11 @@ class SessionActor:
             )
         self._generation = -1
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     def _touch(self) -> None:
         self._last_active = time.monotonic()

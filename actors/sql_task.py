@@ -11,7 +11,7 @@ from collections.abc import Generator, Iterator
 from typing import Any
 
 from actors.sql_child import QueryLimits, QueryTable
-from actors.sql_sandbox import run_confined
+from actors.sql_sandbox import run_confined, start_fork_server
 from chatdf.errors import DETAILS_MAX_CHARS, ChatdfError, SqlFailed
 from chatdf.settings import Settings
 
@@ -29,6 +29,9 @@ def stream_sql(
     time. Failures are yielded as {"kind": "error", "exception": ChatdfError}. The query runs
     in a confined process (`actors.sql_sandbox`) that can read only the tables it names.
     """
+    # A cold worker's first query starts its fork server (a Python that imports Polars, about
+    # a second, more on a busy node) before the time limit starts, as waiting for a slot does.
+    start_fork_server()
     yield {"kind": "started"}  # the caller's time limit starts now, not while queued
     with contextlib.closing(_run(sql, tables, settings)) as items:
         try:

@@ -65,3 +65,26 @@ def test_an_actor_taking_over_stays_while_its_predecessor_drains(settings: Setti
     actor.predecessors.clear()
     assert actor.is_idle()
     actor.db.dispose()
+
+
+async def test_an_actor_prepares_its_model_client_at_start_not_at_the_first_message(
+    gemini_settings: Settings,
+) -> None:
+    """An actor started for a user without a spare (cold) imports the SDK and builds the client
+    in the background once started, so the user's first message does not pay for it."""
+    from actors.session import SessionActor
+    from chatdf.db import Database
+
+    Database(gemini_settings.resolved_database_url).create_schema()
+    actor = SessionActor(str(uuid.uuid4()), gemini_settings)
+    try:
+        assert actor.chat._llm is None
+        await actor.ready()
+        assert actor._model_prepared is not None
+        await actor._model_prepared
+        assert actor.chat._llm is not None
+        assert actor.chat.llm() is actor.chat._llm  # the first turn takes this one
+    finally:
+        for task in list(actor._background):
+            task.cancel()
+        actor.db.dispose()
