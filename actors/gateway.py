@@ -11,10 +11,10 @@ The gateway relays, it decides nothing: the session actor checks its caps and ti
 (`actors.tasks`, `actors.datasets`) as before. A stopped turn cancels its call, and the gateway
 force-cancels the task. A gateway that dies (its edge went away) fails the call with an actor
 error: the caller then picks another edge's gateway and tries once more, or, with no gateway
-left, submits the task itself (cold worker, still correct). A caller that dies leaves its task
-is noticed by the gateway, which stops the task: each call carries the caller's handle and a
-token, and the gateway holds a `hold_while_running(token)` call on the caller that fails when
-the caller dies (`caller_watch`). `deadline_s` bounds a task even so.
+left, submits the task itself (cold worker, still correct). A caller that dies is noticed by
+the gateway, which stops the caller's task: each call carries the caller's handle and a token,
+and the gateway holds a `hold_while_running(token)` call on the caller, which fails when the
+caller dies (`caller_watch`). `deadline_s` bounds a task even so.
 """
 
 from __future__ import annotations

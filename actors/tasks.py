@@ -182,11 +182,8 @@ async def _run_task(sql: str, tables: list[dict[str, Any]], settings: Settings) 
                     )
                 return await _follow_sql(task, via, settings)
         except RayError as exc:
-            if via is not None and gateway_died(exc):
-                forget(settings.ray_namespace, via)
-                if tries_left:
-                    log.info("task gateway gone (%s); the query tries another", type(exc).__name__)
-                    continue
+            if _try_another(exc, via, settings, tries_left, "query"):
+                continue
             raise _explain_ray_error(exc) from None
     raise AssertionError("unreachable")
 
@@ -247,16 +244,24 @@ async def load_url(url: str, settings: Settings, owner: str) -> dict[str, Any]:
                     _cancel(ref, via)
                     raise
         except RayError as exc:
-            if via is not None and gateway_died(exc):
-                forget(settings.ray_namespace, via)
-                if tries_left:
-                    log.info("task gateway gone (%s); the load tries another", type(exc).__name__)
-                    continue
+            if _try_another(exc, via, settings, tries_left, "load"):
+                continue
             raise
         if result.get("kind") == FAILED:
             raise result["exception"]
         return result
     raise AssertionError("unreachable")
+
+
+def _try_another(exc: RayError, via: Any, settings: Settings, tries_left: int, what: str) -> bool:
+    """After `exc` from a call through gateway `via`: forgets a dead gateway; True when the
+    call should be made again (through another gateway, or directly if none is left)."""
+    if via is None or not gateway_died(exc):
+        return False
+    forget(settings.ray_namespace, via)
+    if tries_left:
+        log.info("task gateway gone (%s); the %s tries another", type(exc).__name__, what)
+    return tries_left > 0
 
 
 async def _gateway_or_none(settings: Settings) -> Any:

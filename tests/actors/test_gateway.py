@@ -7,6 +7,7 @@ every session actor's first load or query started a worker process of its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
@@ -149,11 +150,10 @@ def test_a_dead_gateway_costs_one_retry_on_another(
         ray.kill(live)
 
 
-def test_a_cancelled_call_stops_the_task_behind_the_gateway(
-    own_namespace: Settings, data_server: FakeDataServer
-) -> None:
-    """A stopped turn (or a deleted dataset) cancels its call; the gateway kills the task."""
-    settings = own_namespace
+@contextlib.contextmanager
+def stalled_load(settings: Settings, data_server: FakeDataServer) -> Iterator[tuple[Any, int]]:
+    """A session-actor stand-in whose load, through a gateway, hangs on its download: yields
+    the caller and the pid of the worker running the load."""
     _, hub = start_hub(settings.ray_namespace)
     ray.get(hub.ready.remote(), timeout=60)
     url = data_server.add("/stall.csv", CSV, stall=True)
@@ -162,29 +162,26 @@ def test_a_cancelled_call_stops_the_task_behind_the_gateway(
         ray.get(one.start_load.remote(url, settings), timeout=60)
         _wait_for(lambda: data_server.requests["/stall.csv"] >= 1, "the request")
         [worker] = _wait_for(lambda: _running("load_dataset"), "a load worker")
-        assert ray.get(one.stop_load.remote(), timeout=60)
-        psutil.Process(worker).wait(timeout=60)  # force-cancelled: the worker process exits
+        yield one, worker
     finally:
         data_server.release.set()
         ray.kill(one)
         ray.kill(hub)
+
+
+def test_a_cancelled_call_stops_the_task_behind_the_gateway(
+    own_namespace: Settings, data_server: FakeDataServer
+) -> None:
+    """A stopped turn (or a deleted dataset) cancels its call; the gateway kills the task."""
+    with stalled_load(own_namespace, data_server) as (caller, worker):
+        assert ray.get(caller.stop_load.remote(), timeout=60)
+        psutil.Process(worker).wait(timeout=60)  # force-cancelled: the worker process exits
 
 
 def test_a_dead_callers_task_is_stopped_by_the_gateway(
     own_namespace: Settings, data_server: FakeDataServer
 ) -> None:
     """A session actor killed mid-load: its task (owned by the gateway) does not run on."""
-    settings = own_namespace
-    _, hub = start_hub(settings.ray_namespace)
-    ray.get(hub.ready.remote(), timeout=60)
-    url = data_server.add("/stall.csv", CSV, stall=True)
-    one = caller_class().options(lifetime="detached", namespace=settings.ray_namespace).remote()
-    try:
-        ray.get(one.start_load.remote(url, settings), timeout=60)
-        _wait_for(lambda: data_server.requests["/stall.csv"] >= 1, "the request")
-        [worker] = _wait_for(lambda: _running("load_dataset"), "a load worker")
-        ray.kill(one)
+    with stalled_load(own_namespace, data_server) as (caller, worker):
+        ray.kill(caller)
         psutil.Process(worker).wait(timeout=60)
-    finally:
-        data_server.release.set()
-        ray.kill(hub)
