@@ -37,6 +37,17 @@ FAILED = "failed"  # a relayed item {"kind": FAILED, "exception": the task's Ray
 class TaskGateway:
     """Plain class mixed into the edge hub's actor (`actors.edges.hub_class`)."""
 
+    _relayed: dict[str, int] | None = None
+
+    def _count(self, kind: str) -> None:
+        if self._relayed is None:
+            self._relayed = {"queries": 0, "loads": 0}
+        self._relayed[kind] += 1
+
+    async def gateway_stats(self) -> dict[str, int]:
+        """How many queries and loads this gateway has submitted."""
+        return dict(self._relayed or {"queries": 0, "loads": 0})
+
     async def run_sql(
         self, options: dict[str, Any], args: tuple[Any, ...], deadline_s: float, caller: Caller
     ) -> AsyncIterator[dict[str, Any]]:
@@ -48,6 +59,7 @@ class TaskGateway:
         from actors.tasks import run_sql_task
 
         task = run_sql_task.options(**options).remote(*args)
+        self._count("queries")
         watching = _stop_if_caller_dies(caller, task)
         try:
             async with asyncio.timeout(deadline_s):
@@ -74,6 +86,7 @@ class TaskGateway:
         from actors.tasks import load_dataset_task
 
         ref = load_dataset_task.options(**options).remote(*args)
+        self._count("loads")
         watching = _stop_if_caller_dies(caller, ref)
         try:
             async with asyncio.timeout(deadline_s):
@@ -105,7 +118,7 @@ def _stop_if_caller_dies(caller: Caller, task: Any) -> asyncio.Task[None]:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if gateway_died(exc):  # the caller's actor, here
+            if actor_died(exc):  # the caller's actor, for good (not a brief unavailability)
                 log.info("a task's caller died; the task is stopped")
                 with contextlib.suppress(Exception):
                     ray.cancel(task, force=True)
@@ -120,7 +133,7 @@ class NoGateway(Exception):
     """No edge hub is alive in the namespace: submit the task directly."""
 
 
-_chosen: dict[str, Any] = {}  # namespace -> the hub handle this process uses
+_chosen: dict[tuple[str, str], Any] = {}  # (namespace, version) -> the hub this process uses
 _running: dict[str, asyncio.Event] = {}  # token -> set when this process's call has ended
 
 
@@ -149,39 +162,44 @@ async def hold(token: str) -> None:
         await event.wait()
 
 
-def gateway_died(exc: BaseException) -> bool:
-    """Whether `exc`, from a call to an actor (a gateway, a caller), means that actor is gone."""
-    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+def actor_died(exc: BaseException) -> bool:
+    """Whether `exc`, from a call to an actor (a gateway, a caller), says that actor is dead.
 
-    return isinstance(exc, ActorDiedError | ActorUnavailableError | RayActorError)
+    Not ActorUnavailableError: the actor may be alive, and its work still running."""
+    from ray.exceptions import ActorDiedError
+
+    return isinstance(exc, ActorDiedError)
 
 
-async def gateway(namespace: str) -> Any:
-    """A live hub of the namespace, the same one for this process until it fails."""
-    found = _chosen.get(namespace)
+async def gateway(namespace: str, version: str) -> Any:
+    """A live hub of the namespace whose edge runs `version` (this actor's own deploy: a hub of
+    another deploy would run its code with this one's arguments, or lack the gateway's
+    methods); the same one for this process until it fails."""
+    key = (namespace, version)
+    found = _chosen.get(key)
     if found is None:
-        found = await asyncio.to_thread(_pick, namespace)
-        _chosen[namespace] = found
+        found = await asyncio.to_thread(_pick, namespace, version)
+        _chosen[key] = found
     return found
 
 
-def forget(namespace: str, handle: Any) -> None:
+def forget(namespace: str, version: str, handle: Any) -> None:
     """After `handle` failed: the next call picks another hub."""
-    if _chosen.get(namespace) is handle:
-        del _chosen[namespace]
+    if _chosen.get((namespace, version)) is handle:
+        del _chosen[(namespace, version)]
 
 
-def _pick(namespace: str) -> Any:
+def _pick(namespace: str, version: str) -> Any:
     import ray
 
-    from actors.edges import HUB_PREFIX
+    from actors.version import hub_rank
 
     if not ray.is_initialized():  # never start a Ray of its own just to look
         raise NoGateway
     names = [
         entry["name"]
         for entry in ray.util.list_named_actors(all_namespaces=True)
-        if entry["namespace"] == namespace and entry["name"].startswith(HUB_PREFIX)
+        if entry["namespace"] == namespace and (hub_rank(entry["name"]) or ("", 0))[0] == version
     ]
     random.shuffle(names)  # spread the session actors over the edges
     for name in names:

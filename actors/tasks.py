@@ -18,8 +18,9 @@ from typing import Any
 import ray
 from ray.exceptions import OutOfMemoryError, RayError, TaskCancelledError, WorkerCrashedError
 
-from actors.gateway import FAILED, NoGateway, caller_watch, forget, gateway, gateway_died
+from actors.gateway import FAILED, actor_died, caller_watch, forget, gateway
 from actors.observe import sql_run
+from actors.version import deploy_version
 from chatdf import tracing
 from chatdf.errors import ChatdfError, SqlFailed
 from chatdf.settings import Settings
@@ -256,18 +257,21 @@ async def load_url(url: str, settings: Settings, owner: str) -> dict[str, Any]:
 def _try_another(exc: RayError, via: Any, settings: Settings, tries_left: int, what: str) -> bool:
     """After `exc` from a call through gateway `via`: forgets a dead gateway; True when the
     call should be made again (through another gateway, or directly if none is left)."""
-    if via is None or not gateway_died(exc):
+    if via is None or not actor_died(exc):
         return False
-    forget(settings.ray_namespace, via)
+    forget(settings.ray_namespace, deploy_version(settings), via)
     if tries_left:
         log.info("task gateway gone (%s); the %s tries another", type(exc).__name__, what)
     return tries_left > 0
 
 
 async def _gateway_or_none(settings: Settings) -> Any:
+    """The gateway of this deploy, or None (no edge of it is up, or looking failed): the
+    caller then submits the task itself."""
     try:
-        return await gateway(settings.ray_namespace)
-    except NoGateway:
+        return await gateway(settings.ray_namespace, deploy_version(settings))
+    except Exception as exc:  # NoGateway, or the GCS did not answer the lookup
+        log.debug("no task gateway (%s); the task is submitted directly", type(exc).__name__)
         return None
 
 

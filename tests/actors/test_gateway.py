@@ -21,8 +21,10 @@ import ray
 from actors import gateway
 from actors.edges import start_hub
 from actors.tasks import load_url, run_sql
+from actors.version import deploy_version
 from chatdf.settings import Settings
 from tests.fakes.fake_data_server import FakeDataServer
+from tests.live import LiveServer
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -33,8 +35,9 @@ CSV = b"region,revenue\nn,1.5\ns,2.0\n"
 def own_namespace(settings: Settings) -> Iterator[Settings]:
     """Settings in a namespace of their own, so only this test's hubs are gateways there."""
     namespace = f"gateway-{uuid.uuid4().hex[:8]}"
-    yield settings.model_copy(update={"ray_namespace": namespace})
-    gateway._chosen.pop(namespace, None)
+    own = settings.model_copy(update={"ray_namespace": namespace})
+    yield own
+    gateway._chosen.pop((namespace, deploy_version(own)), None)
 
 
 def caller_class() -> Any:
@@ -96,7 +99,7 @@ def test_two_session_actors_loads_run_in_one_worker_of_the_edge(
     own_namespace: Settings, data_server: FakeDataServer
 ) -> None:
     settings = own_namespace
-    _, hub = start_hub(settings.ray_namespace)
+    _, hub = start_hub(settings.ray_namespace, deploy_version(settings), 1)
     ray.get(hub.ready.remote(), timeout=60)
     url = data_server.add("/stall.csv", CSV, stall=True)
     caller = caller_class()
@@ -109,7 +112,8 @@ def test_two_session_actors_loads_run_in_one_worker_of_the_edge(
         for number, one in enumerate(callers, start=1):
             call = one.load.remote(url, settings)
             _wait_for(lambda n=number: data_server.requests["/stall.csv"] >= n, "the request")
-            workers.append(_wait_for(lambda: _running("load_dataset"), "a load worker"))
+            [worker] = _wait_for(lambda: _running("load_dataset"), "a load worker")
+            workers.append(worker)
             data_server.release.set()  # the stalled fetch ends; the load fails, as expected
             ray.get(call, timeout=60)
             data_server.release = threading.Event()
@@ -127,12 +131,13 @@ def test_a_dead_gateway_costs_one_retry_on_another(
 ) -> None:
     settings = own_namespace
     namespace = settings.ray_namespace
-    _, dead = start_hub(namespace)
-    _, live = start_hub(namespace)
+    _, dead = start_hub(namespace, deploy_version(settings), 1)
+    _, live = start_hub(namespace, deploy_version(settings), 1)
     ray.get([dead.ready.remote(), live.ready.remote()], timeout=60)
     ray.kill(dead)
     url = data_server.add("/table.csv", CSV)
-    gateway._chosen[namespace] = dead  # as if this process had picked it before its edge died
+    key = (namespace, deploy_version(settings))
+    gateway._chosen[key] = dead  # as if this process had picked it before its edge died
 
     async def query() -> dict[str, Any]:
         return await run_sql(
@@ -144,7 +149,7 @@ def test_a_dead_gateway_costs_one_retry_on_another(
     try:
         result = asyncio.run(query())
         assert result["rows"] == [[3.5]]
-        chosen = gateway._chosen[namespace]
+        chosen = gateway._chosen[key]
         assert chosen._actor_id == live._actor_id
     finally:
         ray.kill(live)
@@ -154,7 +159,7 @@ def test_a_dead_gateway_costs_one_retry_on_another(
 def stalled_load(settings: Settings, data_server: FakeDataServer) -> Iterator[tuple[Any, int]]:
     """A session-actor stand-in whose load, through a gateway, hangs on its download: yields
     the caller and the pid of the worker running the load."""
-    _, hub = start_hub(settings.ray_namespace)
+    _, hub = start_hub(settings.ray_namespace, deploy_version(settings), 1)
     ray.get(hub.ready.remote(), timeout=60)
     url = data_server.add("/stall.csv", CSV, stall=True)
     one = caller_class().options(lifetime="detached", namespace=settings.ray_namespace).remote()
@@ -185,3 +190,40 @@ def test_a_dead_callers_task_is_stopped_by_the_gateway(
     with stalled_load(own_namespace, data_server) as (caller, worker):
         ray.kill(caller)
         psutil.Process(worker).wait(timeout=60)
+
+
+def test_a_gateway_is_a_hub_of_the_callers_own_deploy(own_namespace: Settings) -> None:
+    """A hub of another deploy would run its own code with this actor's arguments (or, older,
+    lack the gateway's methods): never picked; with no hub of its own the actor goes direct."""
+    namespace = own_namespace.ray_namespace
+    _, other = start_hub(namespace, "0ther0version", 2)
+    _, own = start_hub(namespace, "0wn0version", 1)
+    try:
+        ray.get([other.ready.remote(), own.ready.remote()], timeout=60)
+        for _ in range(5):  # the pick is random among the candidates
+            assert gateway._pick(namespace, "0wn0version")._actor_id == own._actor_id
+        with pytest.raises(gateway.NoGateway):
+            gateway._pick(namespace, "n0hub0version")
+    finally:
+        ray.kill(other)
+        ray.kill(own)
+
+
+def test_the_service_runs_a_users_load_and_query_through_its_edges_gateway(
+    live: LiveServer, data_server: FakeDataServer
+) -> None:
+    """End to end: REST calls, the user's session actor, the edge's hub as gateway."""
+    from tests.api.test_datasets import csv_bytes, signed_in, wait_status
+
+    hub = live.manager._hub
+    before = ray.get(hub.gateway_stats.remote(), timeout=60)
+    client, conv = signed_in(live)
+    url = data_server.add("/gw.csv", csv_bytes())
+    dataset = client.post(f"/conversations/{conv}/datasets", json={"url": url}).json()
+    assert wait_status(client, conv, dataset["dataset_id"])["status"] == "ready"
+    reply = client.post(f"/conversations/{conv}/query", json={"sql": "SELECT * FROM table1"})
+    assert reply.status_code == 200, reply.text
+    after = ray.get(hub.gateway_stats.remote(), timeout=60)
+    assert after["loads"] == before["loads"] + 1
+    assert after["queries"] == before["queries"] + 1
+    client.close()
