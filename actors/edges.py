@@ -31,6 +31,7 @@ class EdgeHubActor(TaskGateway):
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self._woken: asyncio.Queue[str] | None = None
 
     def _queue(self) -> asyncio.Queue[str]:

@@ -29,6 +29,8 @@ from typing import Any
 
 from ray.exceptions import RayError
 
+from actors.handover import actor_gone
+
 log = logging.getLogger(__name__)
 
 FAILED = "failed"  # a relayed item {"kind": FAILED, "exception": the task's Ray error}
@@ -37,16 +39,12 @@ FAILED = "failed"  # a relayed item {"kind": FAILED, "exception": the task's Ray
 class TaskGateway:
     """Plain class mixed into the edge hub's actor (`actors.edges.hub_class`)."""
 
-    _relayed: dict[str, int] | None = None
-
-    def _count(self, kind: str) -> None:
-        if self._relayed is None:
-            self._relayed = {"queries": 0, "loads": 0}
-        self._relayed[kind] += 1
+    def __init__(self) -> None:
+        self._relayed = {"queries": 0, "loads": 0}
 
     async def gateway_stats(self) -> dict[str, int]:
         """How many queries and loads this gateway has submitted."""
-        return dict(self._relayed or {"queries": 0, "loads": 0})
+        return dict(self._relayed)
 
     async def run_sql(
         self, options: dict[str, Any], args: tuple[Any, ...], deadline_s: float, caller: Caller
@@ -59,7 +57,7 @@ class TaskGateway:
         from actors.tasks import run_sql_task
 
         task = run_sql_task.options(**options).remote(*args)
-        self._count("queries")
+        self._relayed["queries"] += 1
         watching = _stop_if_caller_dies(caller, task)
         try:
             async with asyncio.timeout(deadline_s):
@@ -86,7 +84,7 @@ class TaskGateway:
         from actors.tasks import load_dataset_task
 
         ref = load_dataset_task.options(**options).remote(*args)
-        self._count("loads")
+        self._relayed["loads"] += 1
         watching = _stop_if_caller_dies(caller, ref)
         try:
             async with asyncio.timeout(deadline_s):
@@ -118,7 +116,7 @@ def _stop_if_caller_dies(caller: Caller, task: Any) -> asyncio.Task[None]:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if actor_died(exc):  # the caller's actor, for good (not a brief unavailability)
+            if actor_gone(exc):  # the caller's actor, for good (not a brief unavailability)
                 log.info("a task's caller died; the task is stopped")
                 with contextlib.suppress(Exception):
                     ray.cancel(task, force=True)
@@ -160,15 +158,6 @@ async def hold(token: str) -> None:
     event = _running.get(token)
     if event is not None:
         await event.wait()
-
-
-def actor_died(exc: BaseException) -> bool:
-    """Whether `exc`, from a call to an actor (a gateway, a caller), says that actor is dead.
-
-    Not ActorUnavailableError: the actor may be alive, and its work still running."""
-    from ray.exceptions import ActorDiedError
-
-    return isinstance(exc, ActorDiedError)
 
 
 async def gateway(namespace: str, version: str) -> Any:

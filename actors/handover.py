@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from actors.chat import ChatRunner
-from actors.datasets import DatasetLoader
+if TYPE_CHECKING:  # annotations only: the edge hub imports `actor_gone` without the chat code
+    from actors.chat import ChatRunner
+    from actors.datasets import DatasetLoader
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from typing import Any
 import ray
 from ray.exceptions import OutOfMemoryError, RayError, TaskCancelledError, WorkerCrashedError
 
-from actors.gateway import FAILED, actor_died, caller_watch, forget, gateway
+from actors.gateway import FAILED, caller_watch, forget, gateway
+from actors.handover import actor_gone
 from actors.observe import sql_run
 from actors.version import deploy_version
 from chatdf import tracing
@@ -257,7 +258,7 @@ async def load_url(url: str, settings: Settings, owner: str) -> dict[str, Any]:
 def _try_another(exc: RayError, via: Any, settings: Settings, tries_left: int, what: str) -> bool:
     """After `exc` from a call through gateway `via`: forgets a dead gateway; True when the
     call should be made again (through another gateway, or directly if none is left)."""
-    if via is None or not actor_died(exc):
+    if via is None or not actor_gone(exc):
         return False
     forget(settings.ray_namespace, deploy_version(settings), via)
     if tries_left:
