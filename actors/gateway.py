@@ -29,6 +29,7 @@ from typing import Any
 
 from ray.exceptions import RayError
 
+from actors.admission import Admission, SlotCount
 from actors.handover import actor_gone
 
 log = logging.getLogger(__name__)
@@ -37,77 +38,129 @@ FAILED = "failed"  # a relayed item {"kind": FAILED, "exception": the task's Ray
 
 
 class TaskGateway:
-    """Plain class mixed into the edge hub's actor (`actors.edges.hub_class`)."""
+    """Plain class mixed into the edge hub's actor (`actors.edges.hub_class`).
+
+    It submits a task only when the cluster has a free slot for it (`actors.admission`): what
+    the slots cannot run yet waits here, in order, not in Ray's queue, whose backlog makes the
+    raylet start worker processes nobody will use.
+    """
 
     def __init__(self) -> None:
         self._relayed = {"queries": 0, "loads": 0}
+        self._admissions: dict[tuple[str, float], Admission] = {}
 
     async def gateway_stats(self) -> dict[str, int]:
-        """How many queries and loads this gateway has submitted."""
-        return dict(self._relayed)
+        """How many queries and loads this gateway has submitted, and how many wait for a
+        slot now."""
+        waiting = sum(a.waiting for a in self._admissions.values())
+        return {**self._relayed, "waiting": waiting}
+
+    def _admission(self, options: dict[str, Any]) -> Admission | None:
+        """The queue of the slot resource `options` take (None: no slots, Ray's CPU shapes)."""
+        resources = options.get("resources") or {}
+        if len(resources) != 1:
+            return None
+        ((name, per_task),) = resources.items()
+        found = self._admissions.get((name, per_task))
+        if found is None:
+            import ray
+
+            count = SlotCount(name, ray.cluster_resources, per_task)
+            found = self._admissions[(name, per_task)] = Admission(count)
+        return found
 
     async def run_sql(
         self, options: dict[str, Any], args: tuple[Any, ...], deadline_s: float, caller: Caller
     ) -> AsyncIterator[dict[str, Any]]:
-        """Submits `actors.tasks.run_sql_task` with `options` and relays its items. A Ray error
-        of the task (its worker died, memory, cancel) arrives as a FAILED item, so that the
-        caller can tell it from this gateway's own death."""
-        import ray
-
+        """Submits `actors.tasks.run_sql_task` with `options` once a query slot is free and
+        relays its items. A Ray error of the task (its worker died, memory, cancel) arrives as
+        a FAILED item, so that the caller can tell it from this gateway's own death."""
         from actors.tasks import run_sql_task
 
-        task = run_sql_task.options(**options).remote(*args)
-        self._relayed["queries"] += 1
-        watching = _stop_if_caller_dies(caller, task)
+        relay = _Relay(caller)
         try:
-            async with asyncio.timeout(deadline_s):
-                async for ref in task:
-                    try:
-                        item: dict[str, Any] = await ref
-                    except RayError as exc:
-                        yield {"kind": FAILED, "exception": exc}
-                        return
-                    yield item
+            async with asyncio.timeout(deadline_s), _admitted(self._admission(options)):
+                if relay.caller_gone:
+                    return
+                task = relay.submit(run_sql_task.options(**options).remote(*args))
+                self._relayed["queries"] += 1
+                try:
+                    async for ref in task:
+                        try:
+                            item: dict[str, Any] = await ref
+                        except RayError as exc:
+                            yield {"kind": FAILED, "exception": exc}
+                            return
+                        yield item
+                finally:
+                    relay.end()  # the task stopped before its slot is handed on
         except TimeoutError:
             log.warning("a query outlived its caller's limits; cancelled")
         finally:
-            watching.cancel()
-            with contextlib.suppress(Exception):  # already finished
-                ray.cancel(task, force=True)
+            relay.end()
 
     async def load_dataset(
         self, options: dict[str, Any], args: tuple[Any, ...], deadline_s: float, caller: Caller
     ) -> dict[str, Any]:
-        """Submits `actors.tasks.load_dataset_task` and returns its result (or raises)."""
-        import ray
-
+        """Submits `actors.tasks.load_dataset_task` once a load slot is free and returns its
+        result (or raises)."""
         from actors.tasks import load_dataset_task
 
-        ref = load_dataset_task.options(**options).remote(*args)
-        self._relayed["loads"] += 1
-        watching = _stop_if_caller_dies(caller, ref)
+        relay = _Relay(caller)
         try:
-            async with asyncio.timeout(deadline_s):
+            async with asyncio.timeout(deadline_s), _admitted(self._admission(options)):
+                if relay.caller_gone:  # nobody waits for the answer
+                    return {"kind": FAILED, "exception": RuntimeError("the caller is gone")}
+                ref = relay.submit(load_dataset_task.options(**options).remote(*args))
+                self._relayed["loads"] += 1
                 try:
                     result: dict[str, Any] = await ref
                 except RayError as exc:
                     return {"kind": FAILED, "exception": exc}
+                finally:
+                    relay.end()
                 return result
         finally:
-            watching.cancel()
-            with contextlib.suppress(Exception):
-                ray.cancel(ref, force=True)
+            relay.end()
 
 
 Caller = tuple[Any, str] | None  # (the calling actor's handle, its token), or not an actor
 
 
-def _stop_if_caller_dies(caller: Caller, task: Any) -> asyncio.Task[None]:
-    """Force-cancels `task` if the calling actor dies before it lets go of the token."""
+def _admitted(admission: Admission | None) -> contextlib.AbstractAsyncContextManager[None]:
+    return contextlib.nullcontext() if admission is None else admission.slot()
 
-    async def watch() -> None:
+
+class _Relay:
+    """One relayed call: its task, force-cancelled when the call ends early or the calling
+    actor dies. The caller is watched from the start, also while the call waits for a slot
+    (a caller gone by then is not given its task)."""
+
+    def __init__(self, caller: Caller) -> None:
+        self.task: Any = None
+        self.caller_gone = False
+        self._ended = False
+        self._watching = asyncio.create_task(self._watch(caller))
+
+    def submit(self, task: Any) -> Any:
+        self.task = task
+        return task
+
+    def end(self) -> None:
+        """Stops the task if it still runs (a no-op for a finished one), and the watch."""
+        if not self._ended:
+            self._ended = True
+            self._watching.cancel()
+            self._cancel_task()
+
+    def _cancel_task(self) -> None:
         import ray
 
+        if self.task is not None:
+            with contextlib.suppress(Exception):  # already finished
+                ray.cancel(self.task, force=True)
+
+    async def _watch(self, caller: Caller) -> None:
         if caller is None:
             return
         handle, token = caller
@@ -118,10 +171,8 @@ def _stop_if_caller_dies(caller: Caller, task: Any) -> asyncio.Task[None]:
         except Exception as exc:
             if actor_gone(exc):  # the caller's actor, for good (not a brief unavailability)
                 log.info("a task's caller died; the task is stopped")
-                with contextlib.suppress(Exception):
-                    ray.cancel(task, force=True)
-
-    return asyncio.create_task(watch())
+                self.caller_gone = True
+                self._cancel_task()
 
 
 # The caller's side (a session actor's process) ------------------------------------------

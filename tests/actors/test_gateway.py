@@ -227,3 +227,37 @@ def test_the_service_runs_a_users_load_and_query_through_its_edges_gateway(
     assert after["loads"] == before["loads"] + 1
     assert after["queries"] == before["queries"] + 1
     client.close()
+
+
+def test_loads_beyond_the_clusters_slots_wait_in_the_gateway_not_in_rays_queue(
+    own_namespace: Settings, data_server: FakeDataServer
+) -> None:
+    """A task queued in Ray makes the raylet start spare workers for the backlog (docs/sql.md,
+    "Admission"); the gateway submits only what the slots can run. Here each load takes half
+    the cluster's load slots: two run, the third waits in the gateway until one ends."""
+    from actors.tasks import LOAD_SLOT
+
+    settings = own_namespace
+    _, hub = start_hub(settings.ray_namespace, deploy_version(settings), 1)
+    ray.get(hub.ready.remote(), timeout=60)
+    url = data_server.add("/stall.csv", CSV, stall=True)
+    half = ray.cluster_resources()[LOAD_SLOT] / 2
+    options = {"num_cpus": 0, "resources": {LOAD_SLOT: half}}
+    args = (url, settings.for_tasks(), "user")
+    try:
+        calls = [hub.load_dataset.remote(options, args, 60.0, None) for _ in range(3)]
+        _wait_for(lambda: data_server.requests["/stall.csv"] >= 2, "two loads running")
+        stats = _wait_for(
+            lambda: (s := ray.get(hub.gateway_stats.remote(), timeout=60))["waiting"] == 1 and s,
+            "the third load queued in the gateway",
+        )
+        assert stats["loads"] == 2  # submitted to Ray: only what the slots run
+        assert data_server.requests["/stall.csv"] == 2
+        data_server.release.set()
+        results = ray.get(calls, timeout=60)
+        assert [r["kind"] for r in results] == ["failed"] * 3  # the stalled fetch ends in error
+        assert data_server.requests["/stall.csv"] == 3
+        assert ray.get(hub.gateway_stats.remote(), timeout=60)["waiting"] == 0
+    finally:
+        data_server.release.set()
+        ray.kill(hub)
