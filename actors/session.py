@@ -19,6 +19,7 @@ from actors.datasets import DatasetLoader
 from actors.edges import notify_edges, watch_edge
 from actors.fanout import IN_FLIGHT, Event, Fanout, Stamped
 from actors.handover import Predecessors
+from actors.keep_out import KEPT_OUT
 from actors.llm import import_provider
 from actors.observe import from_edge, start_process
 from actors.version import actor_name, deploy_version
@@ -332,6 +333,8 @@ class SessionActor:
             "loading": self.datasets.running_count() if bound else 0,
             "polars_loaded": "polars" in sys.modules,  # must stay False (see actors/tasks.py)
             "sqlglot_loaded": "sqlglot" in sys.modules,  # also False: SQL is checked in the task
+            # What actors/keep_out.py keeps out of this process: must stay empty.
+            "kept_out_loaded": sorted(m for m in KEPT_OUT if m in sys.modules),
             "warm_start": bool(self._edge),  # started ahead of demand by an edge's pool
             "version": self.version,  # of the deploy it started with (actors/version.py)
             "retiring": self._retiring is not None,
@@ -515,10 +518,13 @@ def actor_class() -> Any:
     if _remote_class is None:
         import ray
 
+        # The class by that module: its process keeps out what the actor never uses.
+        from actors.session_process import SessionActor as Hosted
+
         # Ray's stubs lack actor-only options such as max_concurrency.
         _remote_class = ray.remote(  # type: ignore[call-overload]
             num_cpus=0, max_concurrency=1000, max_restarts=0
-        )(SessionActor)
+        )(Hosted)
     return _remote_class
 
 

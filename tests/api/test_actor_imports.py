@@ -84,4 +84,6 @@ def test_session_actor_never_imports_polars(
     assert health["user_id"] == user_id
     assert health["polars_loaded"] is False
     assert health["sqlglot_loaded"] is False  # the task checks SQL; the actor holds no parser
+    # Kept out of the process (actors/keep_out.py), through loads, queries, errors and a turn.
+    assert health["kept_out_loaded"] == []
     assert health["model_sdks_loaded"] == ["google.genai"]  # MODEL_PROVIDER=gemini: no openai
