@@ -7,7 +7,8 @@ process of its own (≈ 1–2 CPU-s, Polars imported afresh), and the warm worke
 workers; through one gateway, one). The hub (`actors.edges`) is owned by its edge, not detached,
 so the tasks it submits share the edge's warm workers with every session actor.
 
-The gateway relays, it decides nothing: the session actor checks its caps and time limits
+The gateway relays, and holds a call until the cluster has a slot free for it
+(`actors.admission`); it decides nothing else: the session actor checks its caps and time limits
 (`actors.tasks`, `actors.datasets`) as before. A stopped turn cancels its call, and the gateway
 force-cancels the task. A gateway that dies (its edge went away) fails the call with an actor
 error: the caller then picks another edge's gateway and tries once more, or, with no gateway

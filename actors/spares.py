@@ -7,10 +7,12 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from typing import Any
 
 from actors import directory, version
+from actors.admission import Admission, SlotCount
 from actors.session import start_unbound_actor
 from chatdf.settings import Settings
 
@@ -18,6 +20,51 @@ log = logging.getLogger(__name__)
 
 HANDLE_CACHE_MAX = 10_000  # users whose actor handle an edge remembers between calls
 RANK_CACHE_S = 5.0  # how long an edge trusts the deploys' ranks (edges start and stop)
+
+
+# Per event loop (an edge's; tests run several edges in one process, each on its own loop):
+# ACTOR_START_CONCURRENCY -> the gate.
+_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Admission]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def start_gate(settings: Settings) -> Admission:
+    """This edge's gate on session actor starts: at most ACTOR_START_CONCURRENCY (default: the
+    cluster's CPUs) actors between `start_unbound_actor` and the end of their warm-up, the rest
+    waiting in order.
+
+    Why: an actor's cost is its start (Python, Ray, chatdf's and the SDK's imports: ≈ 1.2 CPU-s
+    measured), and Ray bounds only the first part of it (`worker_maximum_startup_concurrency`,
+    until the worker registers). A burst of 50 new users started 50 processes importing at once;
+    sharing the CPU, all were ready together at the end (measured: every POST of the burst
+    answered at the same second, 73 s in). In order, the first users are served in seconds
+    and the median halves; the last one waits as long as before.
+    """
+    concurrency = settings.actor_start_concurrency
+    gates = _gates.setdefault(asyncio.get_running_loop(), {})
+    gate = gates.get(concurrency)
+    if gate is None:
+        if concurrency:
+            gate = Admission(lambda: concurrency)
+        else:
+            import ray
+
+            gate = Admission(SlotCount("CPU", ray.cluster_resources))
+        gates[concurrency] = gate
+    return gate
+
+
+async def start_warm(settings: Settings, edge: str = "") -> tuple[str, Any]:
+    """Starts an unbound session actor and waits for its warm-up, through the start gate."""
+    async with start_gate(settings).slot():
+        name, handle = await asyncio.to_thread(start_unbound_actor, settings, edge)
+        try:
+            await handle.warm.remote()
+        except BaseException:
+            _kill(handle)
+            raise
+    return name, handle
 
 
 class SparePool:
@@ -97,8 +144,7 @@ class SparePool:
 
     async def _add_one(self) -> None:
         try:
-            name, handle = await asyncio.to_thread(start_unbound_actor, self.settings, self.edge)
-            await handle.warm.remote()
+            name, handle = await start_warm(self.settings, self.edge)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -193,7 +239,7 @@ class Sessions:
         spare = await self.pool.take() if self.pool is not None else None
         warm = spare is not None  # a pool's spare exits with this edge; a cold one does not
         if spare is None:
-            spare = await asyncio.to_thread(start_unbound_actor, self.settings)
+            spare = await start_warm(self.settings)
         name, handle = spare
         try:
             winner: str = await handle.bind.remote(user_id, replacing)

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     # Started, unbound session actors each edge keeps ready (actors/spares.py): a user's first
     # call binds one instead of waiting for a process to start. Each costs one idle process.
     warm_session_actors: int = Field(default=2, ge=0, le=64)
+    # Session actors an edge starts at once (the rest wait their turn, in order): 0 = the
+    # cluster's CPU count. Starting all of a burst at once shares the CPU among them, so every
+    # one is ready only at the end (actors/spares.py, docs/architecture.md "Warm starts").
+    actor_start_concurrency: int = Field(default=0, ge=0, le=1024)
     actor_reap_interval_s: float = 10.0
     subscriber_queue_max: int = 10_000  # events queued in the actor for one edge
     subscriber_backpressure: int = 8  # event batches in flight between an actor and one edge

@@ -4,6 +4,7 @@ the directory that keeps one actor per user, and spares that die with their edge
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 import ray
@@ -166,3 +167,38 @@ def test_a_binding_after_a_handover_never_reuses_a_retiring_actors_number(
     assert directory.find_bound(user_id, ns)[0] == name_c
     for handle in (a, c):
         ray.kill(handle, no_restart=True)
+
+
+def test_a_burst_of_session_actors_starts_in_turn_through_the_start_gate(
+    ray_session: None, settings: Settings
+) -> None:
+    """Started all at once, a burst's actors share the CPU and are all ready only at the end;
+    the gate starts ACTOR_START_CONCURRENCY at a time, in order, each through its warm-up."""
+    import asyncio
+
+    from actors.spares import start_gate, start_warm
+
+    one = settings.model_copy(update={"actor_start_concurrency": 1})
+
+    async def burst() -> tuple[list[tuple[int, int]], list[tuple[str, Any]]]:
+        gate = start_gate(one)
+        starts = [asyncio.create_task(start_warm(one)) for _ in range(3)]
+        await asyncio.sleep(0)  # each task reaches the gate
+        seen = [(gate.running, gate.waiting)]
+        pending = set(starts)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            seen.append((gate.running, gate.waiting))
+        return seen, [t.result() for t in starts]
+
+    seen, started = asyncio.run(burst())
+    try:
+        assert seen[0] == (1, 2)  # one starting, two waiting their turn
+        assert all(running <= 1 for running, _ in seen)
+        assert seen[-1] == (0, 0)
+        for _name, handle in started:
+            health = ray.get(handle.check_health.remote(), timeout=60)
+            assert health["user_id"] is None  # started and warmed, bound to nobody
+    finally:
+        for _name, handle in started:
+            ray.kill(handle)
