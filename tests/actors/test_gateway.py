@@ -241,7 +241,7 @@ def test_loads_beyond_the_clusters_slots_wait_in_the_gateway_not_in_rays_queue(
     _, hub = start_hub(settings.ray_namespace, deploy_version(settings), 1)
     ray.get(hub.ready.remote(), timeout=60)
     url = data_server.add("/stall.csv", CSV, stall=True)
-    half = ray.cluster_resources()[LOAD_SLOT] / 2
+    half = ray.cluster_resources()[LOAD_SLOT] / 2  # type: ignore[no-untyped-call]
     options = {"num_cpus": 0, "resources": {LOAD_SLOT: half}}
     args = (url, settings.for_tasks(), "user")
     try:
