@@ -38,8 +38,9 @@ class NotBound(RuntimeError):
 
 
 class Retired(RuntimeError):
-    """New work reached an actor of an older deploy that has handed its user over: the edge
-    asks the directory again and calls the user's current actor (api/deps.call_actor)."""
+    """New work reached an actor that has given its user up (handed over to a newer deploy, or
+    left early to free a session slot): the edge asks the directory again and calls the user's
+    current actor, starting one if none runs (api/deps.call_actor)."""
 
 
 class SessionActor:
@@ -93,6 +94,7 @@ class SessionActor:
         self._handover: asyncio.Future[None] | None = None  # taking over: start-up waits
         self._admitting = 0  # new-work calls under way (a retiring actor waits for them)
         self._closing = False  # retired and done: streams end, new ones are refused
+        self._leaving = False  # gave its binding up to free a session slot (leave_if_idle)
         self._model_prepared: asyncio.Task[None] | None = None
         if user_id is not None:
             self._take_user(user_id)
@@ -239,7 +241,7 @@ class SessionActor:
     async def _new_work(self) -> AsyncIterator[None]:
         """A call that starts work, once the actor is ready; once this actor retires it goes
         to the user's current one."""
-        if self._retiring is not None:
+        if self._retiring is not None or self._leaving:
             raise Retired(f"this session actor of {self.user_id} has handed over")
         self._admitting += 1
         try:
@@ -344,11 +346,33 @@ class SessionActor:
         }
 
     def is_idle(self) -> bool:
-        """No turn, no load and no call for ACTOR_IDLE_TIMEOUT_S; open sockets do not count.
-        Not while an actor it took over from still runs (its binding must stay the user's)."""
-        busy = self.chat.running_count() or self.datasets.running_count() or self.predecessors
-        idle_s = time.monotonic() - self._last_active
-        return not busy and idle_s >= self.settings.actor_idle_timeout_s
+        """No turn, no load and no call for ACTOR_IDLE_TIMEOUT_S; open sockets do not count."""
+        return self._idle_for(self.settings.actor_idle_timeout_s)
+
+    def _idle_for(self, seconds: float) -> bool:
+        """No turn, no load, no call under way and none for `seconds`. Not while an actor it
+        took over from still runs (its binding must stay the user's)."""
+        busy = (
+            self._admitting
+            or self.chat.running_count()
+            or self.datasets.running_count()
+            or self.predecessors
+        )
+        return not busy and time.monotonic() - self._last_active >= seconds
+
+    async def leave_if_idle(self, min_idle_s: float) -> bool:
+        """Asked by an edge that found every session slot taken (actors/capacity.py): when
+        idle for `min_idle_s`, gives the user's binding up and answers True; the edge then ends
+        this process (and housekeeping does, should the edge not). New work that reaches it
+        from then on goes to a new actor (`Retired`). False: busy, retiring, or not bound."""
+        if self._leaving:
+            return True
+        if self.user_id is None or self._retiring is not None or not self._idle_for(min_idle_s):
+            return False
+        self._leaving = True  # before any await: no call is admitted from here on
+        log.info("session actor for %s leaves early to free a session slot", self.user_id)
+        await self._unbind()
+        return True
 
     async def _housekeeping(self) -> None:
         """Prunes old usage rows and exits the actor once it has been idle long enough."""
@@ -360,7 +384,7 @@ class SessionActor:
                 with contextlib.suppress(Exception):
                     cutoff = prune_cutoff(self.settings, self.clock())
                     await asyncio.to_thread(prune_usage, self.db, cutoff, self.user_id)
-            if self.is_idle():
+            if self._leaving or self.is_idle():
                 log.info("session actor for %s idle; exiting", self.user_id)
                 await self._unbind()
                 _exit_current_actor()
@@ -532,15 +556,24 @@ def start_unbound_actor(
     settings: Settings, edge: str = "", version: str | None = None
 ) -> tuple[str, Any]:
     """Starts a session actor bound to nobody yet: detached (a bound one outlives its edge),
-    self-reaping once bound, gone with `edge` while unbound. Returns its name and handle.
+    self-reaping once bound, gone with `edge` while unbound, holding a session slot (when the
+    cluster has them: actors/capacity.py). Returns its name and handle.
 
     Its name carries the deploy's version (actors/version.py), computed from `settings` unless
     given."""
+    from actors.capacity import SESSION_SLOT
+    from actors.tasks import slot_options
+
     version = deploy_version(settings) if version is None else version
     name = actor_name(version, uuid.uuid4().hex)
     handle = (
         actor_class()
-        .options(name=name, namespace=settings.ray_namespace, lifetime="detached")
+        .options(
+            name=name,
+            namespace=settings.ray_namespace,
+            lifetime="detached",
+            **slot_options(SESSION_SLOT),  # pending until a node has a session slot free
+        )
         .remote(None, settings, edge=edge, version=version)
     )
     return name, handle

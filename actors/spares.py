@@ -13,13 +13,19 @@ from typing import Any
 
 from actors import directory, version
 from actors.admission import Admission, SlotCount
+from actors.capacity import slots_full
 from actors.session import start_unbound_actor
+from chatdf.errors import Unavailable
 from chatdf.settings import Settings
 
 log = logging.getLogger(__name__)
 
 HANDLE_CACHE_MAX = 10_000  # users whose actor handle an edge remembers between calls
 RANK_CACHE_S = 5.0  # how long an edge trusts the deploys' ranks (edges start and stop)
+ROOM_CHECK_S = 1.0  # a start waiting on full session slots asks one more idle actor to leave
+ROOM_ASKS_MAX = 8  # actors asked to leave per check (the least recently called first)
+BUSY = "The server is busy; try again in a moment"
+LEFT_EARLY = "every session slot is taken: an idle session actor left early, of user"
 
 
 # Per event loop (an edge's; tests run several edges in one process, each on its own loop):
@@ -58,7 +64,12 @@ def start_gate(settings: Settings) -> Admission:
 async def start_warm(settings: Settings, edge: str = "") -> tuple[str, Any]:
     """Starts an unbound session actor and waits for its warm-up, through the start gate."""
     async with start_gate(settings).slot():
-        name, handle = await asyncio.to_thread(start_unbound_actor, settings, edge)
+        starting = asyncio.ensure_future(asyncio.to_thread(start_unbound_actor, settings, edge))
+        try:
+            name, handle = await asyncio.shield(starting)
+        except asyncio.CancelledError:  # the thread still starts it: end it once it has
+            starting.add_done_callback(_kill_started)
+            raise
         try:
             await handle.warm.remote()
         except BaseException:
@@ -144,6 +155,8 @@ class SparePool:
 
     async def _add_one(self) -> None:
         try:
+            if await asyncio.to_thread(slots_full):
+                return  # a spare would take a slot a user's start waits for; retried at a take
             name, handle = await start_warm(self.settings, self.edge)
         except asyncio.CancelledError:
             raise
@@ -200,6 +213,7 @@ class Sessions:
     async def _find(self, user_id: str, fresh: bool = False) -> tuple[str, Any] | None:
         found = None if fresh else self._handles.get(user_id)
         if found is not None:
+            self._handles.move_to_end(user_id)  # least recently called first (`_make_room`)
             return found
         try:
             found = await asyncio.to_thread(
@@ -239,7 +253,7 @@ class Sessions:
         spare = await self.pool.take() if self.pool is not None else None
         warm = spare is not None  # a pool's spare exits with this edge; a cold one does not
         if spare is None:
-            spare = await start_warm(self.settings)
+            spare = await self._start(user_id)
         name, handle = spare
         try:
             winner: str = await handle.bind.remote(user_id, replacing)
@@ -258,14 +272,77 @@ class Sessions:
         self._remember(user_id, (name, handle))
         return handle
 
+    async def _start(self, user_id: str) -> tuple[str, Any]:
+        """A new actor for `user_id`, started now. While every session slot of the cluster is
+        taken, this edge's least recently called users' actors idle ACTOR_PRESSURE_IDLE_S are
+        asked to leave, one per ROOM_CHECK_S of waiting; past SESSION_START_TIMEOUT_S the call
+        answers 503 and nothing was changed."""
+        starting = asyncio.ensure_future(start_warm(self.settings))
+        deadline = time.monotonic() + self.settings.session_start_timeout_s
+        try:
+            while not starting.done():
+                if await asyncio.to_thread(slots_full):
+                    await self._make_room(user_id)
+                wait_s = min(ROOM_CHECK_S, deadline - time.monotonic())
+                if wait_s <= 0:
+                    break
+                await asyncio.wait({starting}, timeout=wait_s)
+        finally:
+            if not starting.done():
+                starting.cancel()
+                await asyncio.wait({starting})  # its own clean-up (the actor ended) first
+        if starting.cancelled():
+            log.warning(
+                "no session actor started within %.0f s", self.settings.session_start_timeout_s
+            )
+            raise Unavailable(
+                BUSY,
+                f"No session could start within {self.settings.session_start_timeout_s:g} s "
+                "(every session slot is taken)",
+            )
+        return starting.result()
+
+    async def _make_room(self, user_id: str) -> bool:
+        """Asks this edge's users' actors, least recently called first, to leave if idle
+        (`SessionActor.leave_if_idle`) until one has; ends it. False: none could."""
+        candidates = [
+            (other, found)
+            for other, found in self._handles.items()
+            if other != user_id and other not in self._binding
+        ]
+        for other, (_name, handle) in candidates[:ROOM_ASKS_MAX]:
+            try:
+                left = await handle.leave_if_idle.remote(self.settings.actor_pressure_idle_s)
+            except Exception:  # gone already (it exited idle): its slot is free or freeing
+                self._forget_handle(other, handle)
+                continue
+            if left:
+                self._forget_handle(other, handle)
+                _kill(handle)
+                log.info("%s %s", LEFT_EARLY, other)
+                return True
+            if self._handles.get(other, (None, None))[1] is handle:
+                self._handles.move_to_end(other)  # busy: ask the others first next time
+        return False
+
     def forget(self, user_id: str) -> None:
         self._handles.pop(user_id, None)
+
+    def _forget_handle(self, user_id: str, handle: Any) -> None:
+        """Forgets `handle` for the user unless a newer one has been remembered since."""
+        if self._handles.get(user_id, (None, None))[1] is handle:
+            del self._handles[user_id]
 
     def _remember(self, user_id: str, found: tuple[str, Any]) -> None:
         self._handles[user_id] = found
         self._handles.move_to_end(user_id)
         while len(self._handles) > HANDLE_CACHE_MAX:
             self._handles.popitem(last=False)
+
+
+def _kill_started(started: asyncio.Future[tuple[str, Any]]) -> None:
+    if not started.cancelled() and started.exception() is None:
+        _kill(started.result()[1])
 
 
 def _same_actor(a: Any, b: Any) -> bool:

@@ -127,12 +127,15 @@ def _init_ray(settings: Settings) -> None:
 
 
 def node_slots(settings: Settings) -> dict[str, float]:
-    """The embedded node's query and load slots (custom resources; docs/sql.md)."""
+    """The embedded node's query, load and session slots (custom resources; docs/sql.md,
+    docs/architecture.md "Session slots")."""
+    from actors.capacity import SESSION_SLOT, session_slots
     from actors.tasks import LOAD_SLOT, QUERY_SLOT
 
     return {
         QUERY_SLOT: settings.query_slots_per_node,
         LOAD_SLOT: settings.dataset_load_slots_per_node,
+        SESSION_SLOT: session_slots(settings.session_actors_per_node),
     }
 
 

@@ -76,6 +76,16 @@ class Settings(BaseSettings):
     # one is ready only at the end (actors/spares.py, docs/architecture.md "Warm starts").
     actor_start_concurrency: int = Field(default=0, ge=0, le=1024)
     actor_reap_interval_s: float = 10.0
+    # Session actors (warm spares included) one node holds at once: the embedded Ray's
+    # `chatdf_session` slots (a cluster node: ray start --resources). 0 = from the node's
+    # memory, 40 % of it at 128 MiB each (actors/capacity.py). A start past them waits.
+    session_actors_per_node: int = Field(default=0, ge=0, le=100_000)
+    # While every slot is taken, an edge starting a session asks its least recently used
+    # users' actors idle this long (no call, turn or load) to exit early and free theirs.
+    actor_pressure_idle_s: float = Field(default=5.0, ge=0)
+    # A user's call waits this long for a session to start (a free slot, then the process);
+    # past it, 503 "busy, try again" and nothing changed.
+    session_start_timeout_s: float = Field(default=60.0, gt=0)
     subscriber_queue_max: int = 10_000  # events queued in the actor for one edge
     subscriber_backpressure: int = 8  # event batches in flight between an actor and one edge
     event_buffer_max: int = 1000  # recent events an actor keeps for edges subscribing late

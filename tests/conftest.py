@@ -29,7 +29,9 @@ def ray_session() -> Iterator[None]:
     if not ray.is_initialized():
         embedded_ray.start(
             num_cpus=4,
-            resources=node_slots(Settings()),
+            # Session slots past what the suite ever holds at once: the cap has its own test
+            # (tests/test_session_slots.py), with its own `chatdf serve` of one slot.
+            resources=node_slots(Settings(session_actors_per_node=10_000)),
             # Ray exports metrics every 10 s by default; the metrics tests wait for them.
             _system_config={**node_system_config(Settings()), "metrics_report_interval_ms": 500},
             include_dashboard=False,

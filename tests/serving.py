@@ -3,6 +3,7 @@ command (embedded Ray, uvicorn, signals, logs)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil  # Ray's bundled copy, on sys.path once conftest.py has imported ray
 
 from tests.live import free_port, wait_until
 
@@ -66,3 +68,19 @@ def chatdf_serve(
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def dataset_ready(url: str, auth: dict[str, str], conv: str) -> bool:
+    """Whether the conversation's first dataset has loaded."""
+    datasets = httpx.get(f"{url}/conversations/{conv}", headers=auth).json()["datasets"]
+    return bool(datasets) and datasets[0]["status"] == "ready"
+
+
+def query_process_running(root: int) -> bool:
+    """Whether a confined query process (actors/sql_child.py) runs under the process `root`."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for child in psutil.Process(root).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if child.name() == "chatdf-query":
+                    return True
+    return False

@@ -87,7 +87,7 @@ def cluster(tmp_path: Path, database_url: str) -> Iterator[tuple[str, str, str]]
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     env.update(RAY_USAGE_STATS_ENABLED="0")
     common = ["--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
-    common += ["--resources", '{"chatdf_query": 2, "chatdf_load": 4}']  # as cluster.yaml
+    common += ["--resources", '{"chatdf_query": 2, "chatdf_load": 4, "chatdf_session": 50}']
     # Ray's unix sockets live under the temp dir and must stay under 107 bytes.
     ray_tmp = Path(tempfile.mkdtemp(prefix="cdf-", dir="/tmp"))
     temp = ["--temp-dir", str(ray_tmp)]

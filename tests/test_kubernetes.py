@@ -116,7 +116,7 @@ def test_every_ray_node_has_slots_token_auth_and_warm_workers() -> None:
     for group in groups:
         # KubeRay's format for a JSON flag value: a quoted JSON string.
         resources = json.loads(json.loads(group["rayStartParams"]["resources"]))
-        assert resources["chatdf_query"] > 0 and resources["chatdf_load"] > 0
+        assert min(resources[k] for k in ("chatdf_query", "chatdf_load", "chatdf_session")) > 0
     for worker in spec["workerGroupSpecs"]:
         assert worker["minReplicas"] <= worker["replicas"] <= worker["maxReplicas"]
     (config_map,) = by_kind("ConfigMap")

@@ -25,7 +25,7 @@ from websockets.sync.client import connect
 
 from api.shutdown import SHUTTING_DOWN
 from tests.live import wait_until
-from tests.serving import chatdf_serve
+from tests.serving import chatdf_serve, dataset_ready, query_process_running
 
 
 @dataclass
@@ -201,7 +201,7 @@ def test_sigterm_does_not_wait_for_a_request_past_the_shutdown_timeout(tmp_path:
             f"{url}/conversations/{conv}/datasets", headers=auth, json=sample, timeout=60
         )
         assert added.status_code == 201, added.text
-        assert wait_until(lambda: _dataset_ready(url, auth, conv))
+        assert wait_until(lambda: dataset_ready(url, auth, conv))
         slow = (  # 288^5 ≈ 2e12 rows
             "SELECT sum(a.revenue * b.revenue + c.revenue - d.revenue + e.revenue) AS s"
             " FROM table1 a, table1 b, table1 c, table1 d, table1 e"
@@ -221,7 +221,7 @@ def test_sigterm_does_not_wait_for_a_request_past_the_shutdown_timeout(tmp_path:
 
         asking = threading.Thread(target=ask)
         asking.start()
-        assert wait_until(lambda: _query_process_running(proc.pid)), served.log.read_text()
+        assert wait_until(lambda: query_process_running(proc.pid)), served.log.read_text()
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=45) in (0, -signal.SIGTERM)
@@ -231,20 +231,6 @@ def test_sigterm_does_not_wait_for_a_request_past_the_shutdown_timeout(tmp_path:
             (503, {"error": SHUTTING_DOWN, "details": None})
         ]
         assert "Traceback" not in served.log.read_text()
-
-
-def _dataset_ready(url: str, auth: dict[str, str], conv: str) -> bool:
-    datasets = httpx.get(f"{url}/conversations/{conv}", headers=auth).json()["datasets"]
-    return bool(datasets) and datasets[0]["status"] == "ready"
-
-
-def _query_process_running(root: int) -> bool:
-    with contextlib.suppress(psutil.NoSuchProcess):
-        for child in psutil.Process(root).children(recursive=True):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                if child.name() == "chatdf-query":
-                    return True
-    return False
 
 
 def _session_dir(procs: list[psutil.Process]) -> str:
