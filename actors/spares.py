@@ -279,9 +279,11 @@ class Sessions:
         answers 503 and nothing was changed."""
         starting = asyncio.ensure_future(start_warm(self.settings))
         deadline = time.monotonic() + self.settings.session_start_timeout_s
+        full = False  # whether it waited on the slots (else on the process starts before it)
         try:
             while not starting.done():
                 if await asyncio.to_thread(slots_full):
+                    full = True
                     await self._make_room(user_id)
                 wait_s = min(ROOM_CHECK_S, deadline - time.monotonic())
                 if wait_s <= 0:
@@ -295,11 +297,9 @@ class Sessions:
             log.warning(
                 "no session actor started within %.0f s", self.settings.session_start_timeout_s
             )
-            raise Unavailable(
-                BUSY,
-                f"No session could start within {self.settings.session_start_timeout_s:g} s "
-                "(every session slot is taken)",
-            )
+            why = " (every session slot was taken)" if full else ""
+            timeout = self.settings.session_start_timeout_s
+            raise Unavailable(BUSY, f"No session could start within {timeout:g} s{why}")
         return starting.result()
 
     async def _make_room(self, user_id: str) -> bool:
