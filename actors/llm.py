@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -19,6 +20,8 @@ import httpx
 from actors.conversation import Entry, ModelTurn, ToolCall
 from chatdf.errors import ChatdfError, Unavailable, UpstreamFailed
 from chatdf.settings import Settings
+
+log = logging.getLogger(__name__)
 
 NO_MODEL = "The model is not configured: set GEMINI_API_KEY"
 NO_OPENAI_MODEL = (
@@ -163,9 +166,16 @@ PROVIDER_MODULES = {"gemini": "actors.gemini", "openai": "actors.openai_model"}
 
 
 def import_provider(settings: Settings) -> None:
-    """Imports the configured provider's module and SDK, and no other (a warm session actor
-    can do this before its first turn, which then skips the import)."""
-    importlib.import_module(PROVIDER_MODULES[settings.model_provider])
+    """Imports the configured provider's module and SDK, and no other, and builds the SDK's
+    lazily built types (its `warm_types`, when it has one): a warm session actor does this
+    before its first turn, which then skips both."""
+    module = importlib.import_module(PROVIDER_MODULES[settings.model_provider])
+    warm = getattr(module, "warm_types", None)
+    if warm is not None:
+        try:
+            warm()
+        except Exception:  # best effort: the first turn builds them, as without it
+            log.warning("could not build the model SDK's types ahead", exc_info=True)
 
 
 def make_client(settings: Settings) -> ModelClient:
