@@ -41,7 +41,7 @@ def node_memory_bytes() -> int:
 
 
 def default_session_slots(memory_bytes: int | None = None) -> int:
-    """SESSION_ACTORS_PER_NODE=0: 40 % of the node's memory at 128 MiB per actor (76 on 24 GB)."""
+    """SESSION_ACTORS_PER_NODE=0: 40 % of the node's memory at 128 MiB per actor (76 on 24 GiB)."""
     memory = node_memory_bytes() if memory_bytes is None else memory_bytes
     return max(MIN_DEFAULT_SLOTS, int(memory * MEMORY_SHARE // ACTOR_MEMORY_BYTES))
 

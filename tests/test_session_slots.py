@@ -132,3 +132,13 @@ def test_a_start_with_every_slot_busy_answers_503_and_changes_nothing(
     assert detail["messages"] == [], json.dumps(detail)
     assert session_actor_processes(served) == 1  # the waiting start was ended with the call
     assert LEFT_EARLY not in served.log.read_text()
+
+
+def test_the_default_slot_count_follows_the_nodes_memory() -> None:
+    """SESSION_ACTORS_PER_NODE=0: 40 % of the memory at 128 MiB per actor, never below 4."""
+    from actors.capacity import default_session_slots, session_slots
+
+    assert default_session_slots(24 * 10**9) == 71  # 24 GB
+    assert default_session_slots(24 * 2**30) == 76  # 24 GiB
+    assert default_session_slots(2**30) == 4  # 1 GiB: 3.2, raised to the floor
+    assert session_slots(7) == 7  # a configured count is kept as it is
