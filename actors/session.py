@@ -50,7 +50,7 @@ class SessionActor:
     started unbound ahead of demand (actors/spares.py), and one binds itself to a user when the
     user first needs it (`bind`, through actors/directory.py). It then lives while its user is
     active (a call within ACTOR_IDLE_TIMEOUT_S, a running turn or load) and exits, open sockets
-    or not.
+    or not; sooner (`leave_if_idle`) when an edge needs its session slot for another user.
 
     Deploys: an actor of a newer deploy (actors/version.py) binds over a live one of an older
     deploy and tells it to `retire`. The old one takes no new work, finishes its running turns
