@@ -388,6 +388,7 @@ class Turn:
     first: float | None = None
     complete: float | None = None
     error: str | None = None
+    refused: bool = False  # answered with an error status: it never started server-side
     latencies: list[float] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -554,6 +555,7 @@ class Client:
             turn.accepted = time.time()
             if r.status_code != 202:
                 turn.error = f"POST messages {r.status_code}"
+                turn.refused = True
         if turn.error is None:
             turn.error = await self.wait(turn.done, deadline, "turn timeout")
         if turn.error:
@@ -714,11 +716,16 @@ async def turns(
 
 
 async def drain(client: Client, users: list[User], limit_s: float) -> dict[str, Any]:
-    """Waits (up to limit_s) for turns the client gave up on to end server-side.
+    """Waits (up to limit_s) for turns the client gave up on to end server-side (not those
+    the server refused, e.g. 503 busy: they never started).
 
     Their completion counts nowhere but here; it keeps the next round from meeting a 409.
     """
-    late = [u.turn for u in users if u.turn is not None and not u.turn.done.is_set()]
+    late = [
+        u.turn
+        for u in users
+        if u.turn is not None and not u.turn.done.is_set() and not u.turn.refused
+    ]
     if not late:
         return {}
     started = time.monotonic()
