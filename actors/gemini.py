@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -188,6 +189,7 @@ SAMPLE_CHUNKS: tuple[dict[str, object], ...] = (
 )
 
 
+@functools.cache  # once per process: a spare's warm-up and its start both import the provider
 def warm_types() -> None:
     """Builds the SDK's types ahead of a first turn, offline: google-genai defers each pydantic
     model's schema to its first use (`defer_build`), and parsing a chunk rebuilds every nested

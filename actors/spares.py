@@ -302,9 +302,9 @@ class Sessions:
             raise Unavailable(BUSY, f"No session could start within {timeout:g} s{why}")
         return starting.result()
 
-    async def _make_room(self, user_id: str) -> bool:
+    async def _make_room(self, user_id: str) -> None:
         """Asks this edge's users' actors, least recently called first, to leave if idle
-        (`SessionActor.leave_if_idle`) until one has; ends it. False: none could."""
+        (`SessionActor.leave_if_idle`) until one has, and ends that one."""
         candidates = [
             (other, found)
             for other, found in self._handles.items()
@@ -320,10 +320,9 @@ class Sessions:
                 self._forget_handle(other, handle)
                 _kill(handle)
                 log.info("%s %s", LEFT_EARLY, other)
-                return True
+                return
             if self._handles.get(other, (None, None))[1] is handle:
                 self._handles.move_to_end(other)  # busy: ask the others first next time
-        return False
 
     def forget(self, user_id: str) -> None:
         self._handles.pop(user_id, None)
