@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from actors import llm, observe
 from actors.answers import ANSWER_INTERRUPTED, Answers
 from actors.budget import TokenBudget
@@ -39,6 +41,7 @@ from chatdf.store import (
 log = logging.getLogger(__name__)
 
 Publish = Callable[[dict[str, Any]], Awaitable[None]]
+Context = tuple[list[dict[str, Any]], list[dict[str, Any]]]  # a turn's history and datasets
 CHAT_STILL_WORKS = " to chat (datasets and SQL still work)"  # after the sentence of not_configured
 NO_MODEL = llm.NO_MODEL + CHAT_STILL_WORKS  # the gemini provider's
 UNEXPECTED = "Something went wrong while generating the answer"
@@ -53,6 +56,12 @@ class RunningTurn:
     started: bool = False
     stop_requested: bool = False
     clock: observe.PhaseClock = field(default_factory=observe.PhaseClock)
+
+
+def _context(s: Session, conversation_id: str) -> Context:
+    history = [history_json(m) for m in messages_of(s, conversation_id)]
+    datasets = [dataset_json(d) for d in datasets_of(s, conversation_id)]
+    return history, datasets
 
 
 def _partial(runner: Turn | None) -> Mapping[str, Any]:
@@ -136,13 +145,15 @@ class ChatRunner:
         turn = RunningTurn(message_id=new_id())
         self._turns[conversation_id] = turn  # claimed before any await: no double turn
         try:
-            await asyncio.to_thread(self._save_user_message, conversation_id, text)
+            context = await asyncio.to_thread(self._save_user_message, conversation_id, text)
         except BaseException:
             self._turns.pop(conversation_id, None)
             raise
         queued = events.QueryStatus(conversation_id=conversation_id, phase="queued")
         await turn.clock.watching(self.publish)(queued.wire())
-        turn.task = asyncio.get_running_loop().create_task(self._run(conversation_id, turn, text))
+        turn.task = asyncio.get_running_loop().create_task(
+            self._run(conversation_id, turn, text, context)
+        )
         return {"message_id": turn.message_id, "status": "processing"}
 
     def _validate(self, content: object) -> str:
@@ -154,11 +165,15 @@ class ChatRunner:
             )
         return content
 
-    def _save_user_message(self, conversation_id: str, text: str) -> None:
+    def _save_user_message(self, conversation_id: str, text: str) -> Context:
+        """Saves the message and reads the turn's context in the same transaction (one thread
+        hop and one commit per message, not two)."""
         with self.db.session() as s:
             conv = owned_conversation(s, self.user_id, conversation_id)
             s.add(Message(conversation_id=conv.id, role="user", content=text))
             touch(conv)
+            s.flush()
+            return _context(s, conversation_id)
 
     async def stop(self, conversation_id: str) -> bool:
         """Cancels the running turn (its partial answer is saved); False when none runs."""
@@ -209,14 +224,8 @@ class ChatRunner:
 
     # The turn -----------------------------------------------------------------------------
 
-    def _context(self, conversation_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        with self.db.session() as s:
-            history = [history_json(m) for m in messages_of(s, conversation_id)]
-            datasets = [dataset_json(d) for d in datasets_of(s, conversation_id)]
-        return history, datasets
-
-    async def _turn(self, conversation_id: str, turn: RunningTurn, text: str) -> Turn:
-        history, datasets = await asyncio.to_thread(self._context, conversation_id)
+    def _turn(self, conversation_id: str, turn: RunningTurn, text: str, context: Context) -> Turn:
+        history, datasets = context
         return Turn(
             settings=self.settings,
             llm=observe.traced_model(self.llm(), self.settings),
@@ -238,7 +247,9 @@ class ChatRunner:
             self._llm = make_client(self.settings)
         return self._llm
 
-    async def _run(self, conversation_id: str, turn: RunningTurn, text: str) -> None:
+    async def _run(
+        self, conversation_id: str, turn: RunningTurn, text: str, context: Context
+    ) -> None:
         """The turn's task: its log lines carry its ids, its span (when tracing) holds the
         model calls and SQL, its duration and outcome are recorded."""
         logs.bind(conversation_id=conversation_id, message_id=turn.message_id)  # this task's
@@ -247,11 +258,13 @@ class ChatRunner:
             "chatdf.message_id": turn.message_id,
         }
         with tracing.span(self.settings, "chat.turn", attributes):
-            outcome = await self._run_turn(conversation_id, turn, text)
+            outcome = await self._run_turn(conversation_id, turn, text, context)
         turn.clock.end(outcome)
         log.info("turn %s after %.2f s", outcome, turn.clock.elapsed_s())
 
-    async def _run_turn(self, conversation_id: str, turn: RunningTurn, text: str) -> str:
+    async def _run_turn(
+        self, conversation_id: str, turn: RunningTurn, text: str, context: Context
+    ) -> str:
         """However the turn ends (answer, stop, error, deadline, a failed save), what it
         produced is saved if it can be, and exactly one chat_complete or chat_error goes out.
         Returns the outcome: complete, stopped or error."""
@@ -265,7 +278,7 @@ class ChatRunner:
         try:
             if turn.stop_requested:  # stopped before it began
                 raise asyncio.CancelledError
-            runner = await self._turn(conversation_id, turn, text)
+            runner = self._turn(conversation_id, turn, text, context)
             saver = asyncio.get_running_loop().create_task(
                 self.answers.save_while_streaming(
                     conversation_id, turn.message_id, runner, finished

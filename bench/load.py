@@ -759,9 +759,13 @@ async def run_level(
                 if client.stop.is_set():
                     break
                 log(f"{server.name} {level.name}: {round_} round, {len(users)} turns at once")
+                # Whether the warm round is warm: the first round's actors may have exited
+                # (ACTOR_IDLE_TIMEOUT_S) while the drain waited for turns the client gave up on.
+                alive = meter.memory()["session_actor_processes"]
                 out[round_] = await turns(
                     client, meter, users, ask, opts.turn_deadline_s, opts.chunks
                 )
+                out[round_]["session_actors_at_start"] = alive
                 out[round_]["memory_after"] = meter.memory()
                 log(f"{server.name} {level.name} {round_}: {brief(out[round_])}")
                 if round_ == "first":
@@ -1051,6 +1055,11 @@ def rows_for(level: str, r: dict[str, Any]) -> list[tuple[str, tuple[str, ...], 
             for rd in ("first", "warm")
             for label, path, unit in FIGURES
         ] + [
+            (
+                "warm: session actor processes at its start (spares too)",
+                ("warm", "session_actors_at_start"),
+                "count",
+            ),
             (
                 "session actor processes after",
                 ("warm", "memory_after", "session_actor_processes"),
