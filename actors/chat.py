@@ -166,14 +166,16 @@ class ChatRunner:
         return content
 
     def _save_user_message(self, conversation_id: str, text: str) -> Context:
-        """Saves the message and reads the turn's context in the same transaction (one thread
-        hop and one commit per message, not two)."""
+        """Reads the turn's context (the history before this message, the datasets) and saves
+        the message, in one session: one thread hop per message, not two. The reads come first,
+        so SQLite's write lock (taken at the insert) is held only for the insert and the update:
+        under load many actors' saves wait on each other for it."""
         with self.db.session() as s:
             conv = owned_conversation(s, self.user_id, conversation_id)
+            context = _context(s, conversation_id)
             s.add(Message(conversation_id=conv.id, role="user", content=text))
             touch(conv)
-            s.flush()
-            return _context(s, conversation_id)
+        return context
 
     async def stop(self, conversation_id: str) -> bool:
         """Cancels the running turn (its partial answer is saved); False when none runs."""
@@ -231,7 +233,7 @@ class ChatRunner:
             llm=observe.traced_model(self.llm(), self.settings),
             conversation_id=conversation_id,
             message_id=turn.message_id,
-            history=history[:-1],  # the last one is the message this turn answers
+            history=history,  # before the message this turn answers
             datasets=datasets,
             user_content=text,
             emit=turn.clock.watching(self.publish),

@@ -101,6 +101,10 @@ SQL = (
 STAMP = re.compile(r"<(\d+\.\d+)>")
 OPEN_TIMEOUT_S = 10.0  # the `websockets` default handshake timeout, as a user's client has it
 SETUP_OPEN_TIMEOUT_S = 60.0  # sockets opened as set-up of another figure
+# Past chatdf's SESSION_START_TIMEOUT_S (60 s): a call whose session start waited out that
+# deadline is seen as its 503 (refused, never started), not as a client timeout whose turn the
+# drain would then wait for in vain while the first round's actors go idle.
+REQUEST_TIMEOUT_S = 75.0
 SETUP_CONCURRENCY = 32
 IDLE_BATCH = 100
 # The machine is shared: a level is stopped when the server's tree holds more than this much, or
@@ -109,6 +113,13 @@ SERVER_PSS_CAP_BYTES = 10 * 1024**3
 FREE_FLOOR_BYTES = 5 * 1024**3
 SERVER_START_S = 120.0
 SETTLE_S = 5.0  # after /health answers, before the first level: let pools warm as they would
+# ... and then until the server is quiet: chatdf's warm-up (spares, task workers importing
+# Polars) goes on ≈ 10 s past /health, and a level started meanwhile measured that warm-up.
+QUIET_CPU_S_PER_S = 0.3  # the server's whole tree at rest: ≈ 0.1-0.15 (idle Ray workers)
+QUIET_WINDOWS = 2  # consecutive 1 s windows under it
+# ... plus this per live Ray worker: each burns 7-9 ms/s doing nothing (bench/idle_actor_cpu.py)
+IDLE_WORKER_CPU_S_PER_S = 0.012
+QUIET_LIMIT_S = 60.0
 
 
 def log(message: str) -> None:
@@ -392,6 +403,11 @@ class Turn:
     latencies: list[float] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
+    @property
+    def ok(self) -> bool:
+        """Completed (its chat_complete arrived) with no error."""
+        return self.error is None and self.complete is not None
+
 
 @dataclass
 class User:
@@ -418,7 +434,7 @@ class Client:
         self.ws_url = server.url.replace("http://", "ws://") + "/ws"
         self.http = httpx.AsyncClient(
             base_url=server.url,
-            timeout=httpx.Timeout(60.0, connect=10.0),
+            timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=10.0),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
         )
         self.close_codes: Counter[str] = Counter()
@@ -692,7 +708,7 @@ async def turns(
     wall = time.monotonic() - started
     cpu1 = meter.cpu()
     cpu = Meter.cpu_between(cpu0, cpu1)
-    ok = [t for t in done if t.error is None and t.complete is not None]
+    ok = [t for t in done if t.ok]
     ended = [t for t in done if t.complete is not None]  # ok, or its POST timed out first
     latencies = [x for t in done for x in t.latencies]
     n = max(1, len(done))
@@ -758,12 +774,20 @@ async def run_level(
             for round_ in ("first", "warm"):
                 if client.stop.is_set():
                     break
-                log(f"{server.name} {level.name}: {round_} round, {len(users)} turns at once")
+                posting = users
+                if round_ == "warm":
+                    # Warm turns only: those of the users whose first turn completed (the
+                    # others have no session yet), once the server is quiet again (starts
+                    # refused or given up on in the first round may still be ending).
+                    posting = [u for u in users if u.turn is not None and u.turn.ok]
+                    settled = await settle(meter, time.monotonic())
+                    log(f"{server.name} {level.name}: quiet after {settled:.1f} s")
+                log(f"{server.name} {level.name}: {round_} round, {len(posting)} turns at once")
                 # Whether the warm round is warm: the first round's actors may have exited
                 # (ACTOR_IDLE_TIMEOUT_S) while the drain waited for turns the client gave up on.
                 alive = meter.memory()["session_actor_processes"]
                 out[round_] = await turns(
-                    client, meter, users, ask, opts.turn_deadline_s, opts.chunks
+                    client, meter, posting, ask, opts.turn_deadline_s, opts.chunks
                 )
                 out[round_]["session_actors_at_start"] = alive
                 out[round_]["memory_after"] = meter.memory()
@@ -773,14 +797,17 @@ async def run_level(
         elif level.kind == "connect":
             users = await client.sign_up_many(prefix, level.users, conversation=False)
             before = meter.memory()
+            log(f"{server.name} {level.name}: {len(users)} sockets opening at once")
             cpu0 = meter.cpu()
             results = await asyncio.gather(*(client.open(u, OPEN_TIMEOUT_S) for u in users))
             times = [t for t in results if t is not None]
             await asyncio.sleep(2)
             after = meter.memory()
+            cpu1 = meter.cpu()
             out.update(
                 open_s={**dist(times), "failed": sum(t is None for t in results)},
-                cpu_s=Meter.cpu_between(cpu0, meter.cpu()),
+                cpu_s=Meter.cpu_between(cpu0, cpu1),
+                cpu_s_by_kind=meter.cpu_by_kind(cpu0, cpu1),
                 memory_before=before,
                 memory_after=after,
                 **idle_figures(before, after, len(times)),
@@ -933,7 +960,14 @@ async def guarded(level: Level, server: Server, opts: Options) -> dict[str, Any]
             break
         checks += 1
         if reason is None:
-            pss = server.meter.pss_total() if server.meter and checks % 3 == 0 else 0
+            pss = 0
+            if server.meter and checks % 3 == 0:
+                # In a thread: reading ~100 processes' smaps_rollup takes 0.1-1 s, which on
+                # the event loop would delay the receive times (and so the latencies) measured.
+                read_at = time.monotonic()
+                pss = await asyncio.to_thread(server.meter.pss_total)
+                if time.monotonic() - read_at > 0.5:
+                    log(f"  (the guard's PSS read took {time.monotonic() - read_at:.1f} s)")
             if pss > opts.pss_cap_bytes:
                 reason = f"stopped: the server held {pss / 2**30:.1f} GiB PSS (cap)"
             elif psutil.virtual_memory().available < FREE_FLOOR_BYTES:
@@ -971,6 +1005,21 @@ def groups_of(levels: list[Level], one_server: bool) -> list[str]:
     return groups
 
 
+async def settle(meter: Meter, started: float) -> float:
+    """Waits until the server's tree uses less than QUIET_CPU_S_PER_S, plus what its live Ray
+    workers burn idle, for QUIET_WINDOWS seconds in a row (at most QUIET_LIMIT_S); returns the
+    seconds since `started`."""
+    deadline = time.monotonic() + QUIET_LIMIT_S
+    quiet = 0
+    while quiet < QUIET_WINDOWS and time.monotonic() < deadline:
+        workers = sum(v["n"] for k, v in meter.memory()["by_kind"].items() if k.startswith("ray::"))
+        cpu0, t0 = meter.cpu(), time.monotonic()
+        await asyncio.sleep(1.0)  # one measuring window
+        rate = Meter.cpu_between(cpu0, meter.cpu()) / (time.monotonic() - t0)
+        quiet = quiet + 1 if rate < QUIET_CPU_S_PER_S + workers * IDLE_WORKER_CPU_S_PER_S else 0
+    return time.monotonic() - started
+
+
 async def run_group(
     cls: type[Server],
     group: str,
@@ -989,17 +1038,20 @@ async def run_group(
         log(f"{server.name} answers /health after {time.monotonic() - started:.1f} s")
         await asyncio.sleep(SETTLE_S if cls is ChatdfServer else 0.5)
         assert server.meter is not None
+        quiet_after = await settle(server.meter, started)
         cpu0 = server.meter.cpu()
         await asyncio.sleep(3)
         idle_cpu = Meter.cpu_between(cpu0, server.meter.cpu()) / 3
         results[f"_start_{group}"] = {
             "seconds": time.monotonic() - started,
+            "quiet_after_s": quiet_after,
             "memory": server.meter.memory(),
             "idle_cpu_s_per_s": idle_cpu,
             "loadavg_1m": os.getloadavg()[0],
         }
         log(
-            f"{server.name}: {results[f'_start_{group}']['memory']['pss_mb']:.0f} MB PSS "
+            f"{server.name}: quiet {quiet_after:.1f} s after its start, "
+            f"{results[f'_start_{group}']['memory']['pss_mb']:.0f} MB PSS "
             f"at rest, {idle_cpu:.3f} CPU-s/s while idle"
         )
         for level in (lv for lv in levels if group in ("all", lv.group)):
@@ -1055,6 +1107,7 @@ def rows_for(level: str, r: dict[str, Any]) -> list[tuple[str, tuple[str, ...], 
             for rd in ("first", "warm")
             for label, path, unit in FIGURES
         ] + [
+            ("warm: turns posted (users whose first turn completed)", ("warm", "turns"), "count"),
             (
                 "warm: session actor processes at its start (spares too)",
                 ("warm", "session_actors_at_start"),
