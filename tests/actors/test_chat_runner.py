@@ -219,3 +219,25 @@ async def test_one_model_client_serves_every_turn_of_the_actor(settings: Setting
         assert chat.llm() is client and isinstance(client, OpenAIClient)
         done = [e["message"]["content"] for e in terminal(published)]
         assert done == ["first", "second"] and len(fake.requests) == 2
+
+
+async def test_a_second_turn_sends_the_earlier_exchange_and_the_new_message_once(
+    gemini_settings: Settings, fake_gemini: FakeGemini
+) -> None:
+    """The message's save reads the turn's context in the same session (before its insert):
+    the model sees the history before the message, then the message, each once."""
+    chat, published, conv = runner_for(gemini_settings)
+    fake_gemini.script_text("first answer", chunks=2)
+    fake_gemini.script_text("second answer", chunks=2)
+    await run_turn(chat, conv, "first question")
+    await run_turn(chat, conv, "second question")
+    assert [e["message"]["content"] for e in terminal(published)] == [
+        "first answer",
+        "second answer",
+    ]
+    second = fake_gemini.requests[-1]
+    assert "".join(second.texts("user")).count("second question") == 1
+    assert [("".join(second.texts(role))) for role in ("user", "model")] == [
+        "first questionsecond question",
+        "first answer",
+    ]
