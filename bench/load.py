@@ -891,7 +891,10 @@ async def run_level(
                 f"{server.name} {level.name}: first loads (new users) ready p50 "
                 f"{ms(out['cold_ready_s']['p50'])}; {len(users)} loads at once"
             )
-            await asyncio.sleep(1)
+            # As before the warm round: the new sessions' background work (spare refills,
+            # model clients built) ends before the timed loads.
+            settled = await settle(meter, time.monotonic())
+            log(f"{server.name} {level.name}: quiet after {settled:.1f} s")
             cpu0 = meter.cpu()
             deadline = time.monotonic() + opts.turn_deadline_s
             ready = await asyncio.gather(
@@ -901,12 +904,14 @@ async def run_level(
                     if u.ws
                 )
             )
+            cpu1 = meter.cpu()
             ok = [t for t in ready if t is not None]
             out.update(
                 ready_s=dist(ok),
                 loads=len(users),
                 failed=len(users) - len(ok),
-                cpu_s=Meter.cpu_between(cpu0, meter.cpu()),
+                cpu_s=Meter.cpu_between(cpu0, cpu1),
+                cpu_s_by_kind=meter.cpu_by_kind(cpu0, cpu1),
                 memory_after=meter.memory(),
             )
             log(
