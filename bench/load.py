@@ -1017,7 +1017,7 @@ async def settle(meter: Meter, started: float) -> float:
     deadline = time.monotonic() + QUIET_LIMIT_S
     quiet = 0
     while quiet < QUIET_WINDOWS and time.monotonic() < deadline:
-        workers = sum(v["n"] for k, v in meter.memory()["by_kind"].items() if k.startswith("ray::"))
+        workers = sum(kind_of(p, meter.root_pid).startswith("ray::") for p in meter.procs())
         cpu0, t0 = meter.cpu(), time.monotonic()
         await asyncio.sleep(1.0)  # one measuring window
         rate = Meter.cpu_between(cpu0, meter.cpu()) / (time.monotonic() - t0)
