@@ -219,6 +219,11 @@ class Meter:
     def pss_total(self) -> int:
         return sum(pss_bytes(p.pid) for p in self.procs())
 
+    def kinds(self) -> Counter[str]:
+        """Processes of the tree by kind, without reading their memory (`memory()` reads every
+        process's smaps_rollup: up to seconds under load)."""
+        return Counter(kind_of(p, self.root_pid) for p in self.procs())
+
     def memory(self) -> dict[str, Any]:
         kinds: dict[str, list[int]] = {}
         for p in self.procs():
@@ -785,7 +790,7 @@ async def run_level(
                 log(f"{server.name} {level.name}: {round_} round, {len(posting)} turns at once")
                 # Whether the warm round is warm: the first round's actors may have exited
                 # (ACTOR_IDLE_TIMEOUT_S) while the drain waited for turns the client gave up on.
-                alive = meter.memory()["session_actor_processes"]
+                alive = meter.kinds()["ray::SessionActor"]
                 out[round_] = await turns(
                     client, meter, posting, ask, opts.turn_deadline_s, opts.chunks
                 )
@@ -1017,7 +1022,7 @@ async def settle(meter: Meter, started: float) -> float:
     deadline = time.monotonic() + QUIET_LIMIT_S
     quiet = 0
     while quiet < QUIET_WINDOWS and time.monotonic() < deadline:
-        workers = sum(kind_of(p, meter.root_pid).startswith("ray::") for p in meter.procs())
+        workers = sum(n for kind, n in meter.kinds().items() if kind.startswith("ray::"))
         cpu0, t0 = meter.cpu(), time.monotonic()
         await asyncio.sleep(1.0)  # one measuring window
         rate = Meter.cpu_between(cpu0, meter.cpu()) / (time.monotonic() - t0)
