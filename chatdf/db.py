@@ -192,9 +192,13 @@ class Database:
         (PostgreSQL): each session actor is a process with its own pool (docs/architecture.md,
         "Database connections")."""
         self.url = url
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        kwargs: dict[str, Any] = {}
         if not url.startswith("sqlite"):
-            kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=30)
+            # A server drops idle connections (restarts, idle timeouts): test each on checkout.
+            # A SQLite file has no server to lose, so its checkouts skip the round trip.
+            kwargs.update(
+                pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=30
+            )
         if url.startswith("sqlite"):
             path = self._sqlite_path()
             if path is not None:
