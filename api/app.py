@@ -22,6 +22,7 @@ from starlette.datastructures import Headers
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from actors.session_client import SessionClient
 from actors.spares import Sessions, SparePool
 from actors.tasks import warm_task_workers
 from api import (
@@ -37,7 +38,7 @@ from api import (
 )
 from api.deps import COOKIE_NAME, NOT_SIGNED_IN, authenticate, token_from
 from api.errors import DATABASE_UNAVAILABLE, error_response, install_error_handlers
-from api.observe import REQUEST_ID, Observe
+from api.observe import REQUEST_ID, Observe, call_context
 from api.page import STATIC_PREFIX, install_page
 from api.shutdown import AnswerWhenCutOff
 from chatdf import logs, tracing
@@ -313,6 +314,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     spares.start()
     warming = asyncio.create_task(_warm_task_workers(spares, settings.warm_task_workers))
     app.state.sessions = sessions
+    app.state.actor = SessionClient(sessions, call_context)
     if app.state.metrics is not None:
         app.state.metrics.attach(manager)
         manager.on_batch = app.state.metrics.observe_delivery

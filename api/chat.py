@@ -7,12 +7,11 @@ from typing import Any
 from fastapi import APIRouter, status
 from pydantic import BaseModel
 
+from actors.session import SessionActor
 from api.deps import (
+    ActorDep,
     CurrentUser,
     OwnedConversationId,
-    SessionsDep,
-    call_actor,
-    call_actor_if_running,
 )
 from api.errors import error_responses
 from api.routing import CheckedRoute
@@ -41,21 +40,18 @@ async def post_message(
     conversation_id: OwnedConversationId,
     body: MessageBody,
     user: CurrentUser,
-    sessions: SessionsDep,
+    actor: ActorDep,
 ) -> dict[str, Any]:
     """Saves the user's message and starts the model's turn; events follow on the socket."""
-    result: dict[str, Any] = await call_actor(
-        sessions, user.id, "post_message", conversation_id, body.content
-    )
-    return result
+    return await actor.call(user.id, SessionActor.post_message, conversation_id, body.content)
 
 
 @router.post("/stop", response_model=Success, responses=error_responses(401, 404, 503))
 async def stop_turn(
-    conversation_id: OwnedConversationId, user: CurrentUser, sessions: SessionsDep
+    conversation_id: OwnedConversationId, user: CurrentUser, actor: ActorDep
 ) -> dict[str, bool]:
     """Stops the running turn, keeping its partial answer (a no-op when none runs)."""
-    await call_actor_if_running(sessions, user.id, "stop", conversation_id)
+    await actor.call_if_running(user.id, SessionActor.stop, conversation_id)
     return {"success": True}
 
 
@@ -63,8 +59,7 @@ async def stop_turn(
     "/query", response_model=QueryResult, responses=error_responses(400, 401, 404, 413, 503)
 )
 async def run_query(
-    conversation_id: OwnedConversationId, body: QueryBody, user: CurrentUser, sessions: SessionsDep
+    conversation_id: OwnedConversationId, body: QueryBody, user: CurrentUser, actor: ActorDep
 ) -> dict[str, Any]:
     """Runs SQL on the conversation's datasets under the model's sandbox and limits."""
-    result: dict[str, Any] = await call_actor(sessions, user.id, "query", conversation_id, body.sql)
-    return result
+    return await actor.call(user.id, SessionActor.query, conversation_id, body.sql)

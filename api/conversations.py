@@ -9,7 +9,8 @@ from fastapi import APIRouter, status
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from api.deps import CurrentUser, DbDep, SessionsDep, call_actor_if_running
+from actors.session import SessionActor
+from api.deps import ActorDep, CurrentUser, DbDep
 from api.errors import error_responses
 from api.routing import CheckedRoute
 from chatdf.db import Conversation, iso
@@ -97,7 +98,7 @@ def rename_conversation(
     "/{conversation_id}", response_model=Success, responses=error_responses(401, 404, 503)
 )
 async def delete_conversation(
-    conversation_id: str, user: CurrentUser, db: DbDep, sessions: SessionsDep
+    conversation_id: str, user: CurrentUser, db: DbDep, actor: ActorDep
 ) -> dict[str, bool]:
     """Deletes a conversation with its messages and datasets (a running turn is stopped)."""
 
@@ -112,15 +113,13 @@ async def delete_conversation(
                 s.delete(conv)
 
     await asyncio.to_thread(check)  # database calls run off the event loop
-    await call_actor_if_running(sessions, user.id, "forget_conversation", conversation_id)
+    await actor.call_if_running(user.id, SessionActor.forget_conversation, conversation_id)
     await asyncio.to_thread(delete)
     return {"success": True}
 
 
 @router.delete("", response_model=ConversationsDeleted, responses=error_responses(401, 503))
-async def delete_all_conversations(
-    user: CurrentUser, db: DbDep, sessions: SessionsDep
-) -> dict[str, Any]:
+async def delete_all_conversations(user: CurrentUser, db: DbDep, actor: ActorDep) -> dict[str, Any]:
     """Deletes every conversation of the user."""
 
     def ids() -> list[str]:
@@ -135,5 +134,5 @@ async def delete_all_conversations(
             return len(rows)
 
     for conversation_id in await asyncio.to_thread(ids):
-        await call_actor_if_running(sessions, user.id, "forget_conversation", conversation_id)
+        await actor.call_if_running(user.id, SessionActor.forget_conversation, conversation_id)
     return {"success": True, "deleted_count": await asyncio.to_thread(delete)}

@@ -10,13 +10,12 @@ from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 
+from actors.session import SessionActor
 from api.deps import (
+    ActorDep,
     CurrentUser,
     DbDep,
     OwnedConversationId,
-    SessionsDep,
-    call_actor,
-    call_actor_if_running,
 )
 from api.errors import error_responses
 from api.routing import CheckedRoute
@@ -55,13 +54,10 @@ async def add_dataset(
     conversation_id: OwnedConversationId,
     body: DatasetAddBody,
     user: CurrentUser,
-    sessions: SessionsDep,
+    actor: ActorDep,
 ) -> dict[str, Any]:
     """Attaches a dataset by URL; answers at once, progress arrives as events."""
-    result: dict[str, Any] = await call_actor(
-        sessions, user.id, "add_dataset", conversation_id, body.url
-    )
-    return result
+    return await actor.call(user.id, SessionActor.add_dataset, conversation_id, body.url)
 
 
 def find_dataset(s: Any, user_id: str, conversation_id: str, dataset_id: str) -> Dataset:
@@ -119,7 +115,7 @@ def validate_table_name(name: object) -> str:
     responses=error_responses(400, 401, 404, 429, 502, 503),
 )
 async def refresh_dataset(
-    conversation_id: str, dataset_id: str, user: CurrentUser, db: DbDep, sessions: SessionsDep
+    conversation_id: str, dataset_id: str, user: CurrentUser, db: DbDep, actor: ActorDep
 ) -> dict[str, Any]:
     """Re-reads the dataset's schema from its URL (502 when the URL no longer answers)."""
 
@@ -128,15 +124,12 @@ async def refresh_dataset(
             find_dataset(s, user.id, conversation_id, dataset_id)
 
     await asyncio.to_thread(check)  # never a database call on the event loop
-    result: dict[str, Any] = await call_actor(
-        sessions, user.id, "refresh_dataset", conversation_id, dataset_id
-    )
-    return result
+    return await actor.call(user.id, SessionActor.refresh_dataset, conversation_id, dataset_id)
 
 
 @router.delete("/{dataset_id}", response_model=Success, responses=error_responses(401, 404, 503))
 async def delete_dataset(
-    conversation_id: str, dataset_id: str, user: CurrentUser, db: DbDep, sessions: SessionsDep
+    conversation_id: str, dataset_id: str, user: CurrentUser, db: DbDep, actor: ActorDep
 ) -> dict[str, bool]:
     """Removes the dataset from the conversation (a load still running is cancelled)."""
 
@@ -151,6 +144,6 @@ async def delete_dataset(
             touch(owned_conversation(s, user.id, conversation_id))
 
     await asyncio.to_thread(check)
-    await call_actor_if_running(sessions, user.id, "forget_dataset", dataset_id)
+    await actor.call_if_running(user.id, SessionActor.forget_dataset, dataset_id)
     await asyncio.to_thread(delete)
     return {"success": True}

@@ -1,18 +1,15 @@
-"""Request dependencies: settings, database, the signed-in user, and calls to their actor."""
+"""Request dependencies: settings, database, the signed-in user, and the client of their actor."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request, WebSocket
 
-from actors.handover import actor_gone
-from actors.spares import Sessions
-from api.errors import unwrap
-from api.observe import call_context
+from actors.session_client import SessionClient
 from chatdf.db import Database
-from chatdf.errors import ChatdfError, Unauthorized
+from chatdf.errors import Unauthorized
 from chatdf.settings import Settings
 from chatdf.store import owned_conversation, user_for_token
 
@@ -37,14 +34,14 @@ def get_db(request: Request) -> Database:
     return db
 
 
-def get_sessions(request: Request) -> Sessions:
-    sessions: Sessions = request.app.state.sessions
-    return sessions
+def get_actor(request: Request) -> SessionClient:
+    client: SessionClient = request.app.state.actor
+    return client
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 DbDep = Annotated[Database, Depends(get_db)]
-SessionsDep = Annotated[Sessions, Depends(get_sessions)]
+ActorDep = Annotated[SessionClient, Depends(get_actor)]  # the users' session actors
 
 
 def token_from(request: Request | WebSocket, query_token: str | None = None) -> tuple[str, str]:
@@ -91,47 +88,3 @@ def owned_conversation_id(conversation_id: str, user: CurrentUser, db: DbDep) ->
 
 
 OwnedConversationId = Annotated[str, Depends(owned_conversation_id)]
-
-
-async def call_actor(sessions: Sessions, user_id: str, method: str, *args: Any) -> Any:
-    """Calls a method on the user's session actor, binding a new one once if it just exited,
-    or calling the current one if this edge's memory named an actor that has handed over."""
-    for attempt in range(2):
-        handle = await sessions.get(user_id)
-        try:
-            return await _remote_call(handle, method, args)
-        except Exception as exc:
-            if actor_gone(exc) or type(unwrap(exc)).__name__ == "Retired":
-                sessions.forget(user_id)
-                if attempt == 0:
-                    continue
-            raise
-    raise AssertionError("unreachable")
-
-
-async def _remote_call(handle: Any, method: str, args: tuple[Any, ...]) -> Any:
-    """Awaits an actor method, re-raising our own errors as themselves (Ray wraps them).
-
-    The call carries this request's context (ids, trace), bound in the actor for the call and
-    the work it starts (actors/observe.py): its log lines and spans join this request's."""
-    try:
-        return await getattr(handle, method).remote(*args, call_context=call_context())
-    except Exception as exc:
-        inner = unwrap(exc)
-        if inner is not exc and isinstance(inner, ChatdfError):
-            raise inner from None
-        raise
-
-
-async def call_actor_if_running(sessions: Sessions, user_id: str, method: str, *args: Any) -> Any:
-    """Like call_actor, but does nothing (returns None) when the user has no live actor."""
-    handle = await sessions.find(user_id, fresh=True)
-    if handle is None:
-        return None
-    try:
-        return await _remote_call(handle, method, args)
-    except Exception as exc:
-        if actor_gone(exc):
-            sessions.forget(user_id)
-            return None  # it exited meanwhile: nothing of it to stop or cancel
-        raise

@@ -12,6 +12,7 @@ from ray.exceptions import RayActorError
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from actors.session_client import unwrap
 from chatdf.errors import ChatdfError
 from chatdf.schemas import ErrorBody
 
@@ -65,12 +66,6 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 def error_response(status: int, error: str, details: str | None = None) -> JSONResponse:
     return JSONResponse({"error": error, "details": details}, status_code=status)
-
-
-def unwrap(exc: BaseException) -> BaseException:
-    """Ray re-raises an actor's exception wrapped; the original is its `cause`."""
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, BaseException) else exc
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -6,7 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.deps import CurrentUser, SessionsDep, call_actor
+from actors.session import SessionActor
+from api.deps import ActorDep, CurrentUser
 from api.errors import error_responses
 from chatdf.schemas import Usage
 
@@ -14,7 +15,6 @@ router = APIRouter(tags=["usage"])
 
 
 @router.get("/usage", response_model=Usage, responses=error_responses(401, 503))
-async def get_usage(user: CurrentUser, sessions: SessionsDep) -> dict[str, Any]:
+async def get_usage(user: CurrentUser, actor: ActorDep) -> dict[str, Any]:
     """Tokens used, limit, remaining and time to reset over the rolling window."""
-    result: dict[str, Any] = await call_actor(sessions, user.id, "usage")
-    return result
+    return await actor.call(user.id, SessionActor.usage)

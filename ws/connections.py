@@ -21,6 +21,7 @@ from starlette.websockets import WebSocketState
 from actors.directory import find_streaming
 from actors.edges import start_hub
 from actors.fanout import IN_FLIGHT, TICK_S, Stamped
+from actors.session_client import subscribe, unsubscribe
 from chatdf.settings import Settings
 from ws.inflight import InFlight
 from ws.protocol import EXTENSION
@@ -263,7 +264,7 @@ class ConnectionManager:
     @staticmethod
     async def _tell_actor_unsubscribed(handle: Any, sub_id: str) -> None:
         with contextlib.suppress(Exception):  # it just exited: nothing to end
-            await asyncio.wait_for(handle.unsubscribe.remote(sub_id), timeout=5)
+            await asyncio.wait_for(unsubscribe(handle, sub_id), timeout=5)
 
     async def _lookup(self, user_id: str) -> list[Any]:
         """`_running_actors` on this edge's own lookup threads: a burst of new sockets' lookups
@@ -338,12 +339,13 @@ class ConnectionManager:
         stream.sub_id = uuid.uuid4().hex
         started = False
         try:
-            items = stream.handle.subscribe.options(
-                num_returns="streaming",
-                # Ray otherwise pushes every item to the edge at once: this bounds what is in
-                # flight, so a stuck edge fills the actor's (bounded) queue and is dropped there.
-                _generator_backpressure_num_objects=self.settings.subscriber_backpressure,
-            ).remote(stream.sub_id, since, self.hub_name)
+            items = subscribe(
+                stream.handle,
+                stream.sub_id,
+                since,
+                self.hub_name,
+                backpressure=self.settings.subscriber_backpressure,
+            )
             async for ref in items:
                 batch: list[Stamped] = await ref
                 started = True
