@@ -116,6 +116,8 @@ def _init_ray(settings: Settings) -> None:
         )
     else:
         embedded_ray.start(
+            fork_workers=settings.worker_fork_server,
+            fork_preload=fork_preload(settings),
             num_cpus=settings.ray_num_cpus,
             resources=node_slots(settings),
             _system_config=node_system_config(settings),
@@ -125,6 +127,23 @@ def _init_ray(settings: Settings) -> None:
             **metrics.embedded_ray_options(settings),
         )
         metrics.log_ray_metrics_port()
+
+
+def fork_preload(settings: Settings, model_sdk: bool = True) -> str:
+    """What the fork server imports for every worker: what a session actor imports, its
+    database driver and (`model_sdk`) its model provider's SDK included; never Polars
+    (actors/keep_out.py). A Ray shared by edges of different providers preloads no SDK: an
+    actor imports only its own provider's (actors/llm.py)."""
+    from actors.llm import PROVIDER_MODULES
+
+    modules = ["actors.session"]
+    if model_sdk:
+        modules.append(PROVIDER_MODULES[settings.model_provider])
+    if settings.resolved_database_url.startswith("postgresql"):
+        modules += ["sqlalchemy.dialects.postgresql", "psycopg"]
+    else:
+        modules.append("sqlalchemy.dialects.sqlite")
+    return " ".join(modules)
 
 
 def node_slots(settings: Settings) -> dict[str, float]:

@@ -14,6 +14,12 @@ The token is the operator's (`RAY_AUTH_TOKEN` or `RAY_AUTH_TOKEN_PATH`), else a 
 start, written to a private file that every Ray process reads through `RAY_AUTH_TOKEN_PATH`
 (so the secret itself is in no process environment and in no log) and removed by `stop()`.
 
+Forked workers (`fork_workers`): the raylet's worker path is `actors/fork_worker.py` instead of
+Ray's `default_worker.py`, so a new worker is forked from a process that has Ray and the session
+actor's modules imported (`actors/fork_server.py`; docs/architecture.md, "Forked workers").
+Ray 2.60 has no option for it: `ray.init` builds its node parameters without a worker path and
+fills in its own only where none is set, so the parameters are given ours around the call.
+
 Fate: the embedded Ray dies with its edge, even after `kill -9` of the edge. A watchdog
 (`api/ray_watchdog.py`, its own process session, an empty environment) waits on the edge's pid
 and then ends every process of the Ray session (docs/architecture.md, "An embedded Ray dies
@@ -22,6 +28,7 @@ with its edge").
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -30,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,17 +51,25 @@ AUTH_TOKEN_PATH = "RAY_AUTH_TOKEN_PATH"
 SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 LOOPBACK = "127.0.0.1"
 
+FORK_DIR_PREFIX = "chatdf-fork-"
+
 _generated_token_dir: Path | None = None
+_fork_dir: Path | None = None
+_fork_server: subprocess.Popen[bytes] | None = None
+FORK_SERVER_START_S = 5.0
 _watchdog: subprocess.Popen[bytes] | None = None
 WATCHDOG = Path(__file__).with_name("ray_watchdog.py")
 
 
-def start(**init_kwargs: Any) -> None:
-    """`ray.init` of a new local Ray that listens on loopback only and requires the token."""
+def start(*, fork_workers: bool = True, fork_preload: str = "", **init_kwargs: Any) -> None:
+    """`ray.init` of a new local Ray that listens on loopback only and requires the token.
+
+    `fork_workers`: its Python workers are forked from a fork server that has imported Ray and
+    `fork_preload` (space-separated modules)."""
     import ray
 
     _require_token_auth()
-    with _single_machine():
+    with _single_machine(), _forked_workers(fork_workers, fork_preload):
         ray.init(_node_ip_address=LOOPBACK, **init_kwargs)
     try:
         _check_started()
@@ -96,6 +112,80 @@ def stop() -> None:
             del os.environ[AUTH_TOKEN_PATH]
         shutil.rmtree(_generated_token_dir, ignore_errors=True)
         _generated_token_dir = None
+    _stop_fork_server()
+
+
+@contextmanager
+def _forked_workers(enabled: bool, preload: str) -> Iterator[None]:
+    """Within: a `ray.init` that starts a node gives its raylet our worker path, and the fork
+    server runs (a child of this process, so it and every worker it forks stay in the edge's
+    process tree). The variables reach the raylet's workers: they inherit its environment,
+    which is ours."""
+    if not enabled:
+        yield
+        return
+    import ray
+    from ray._private import parameter
+
+    from actors import fork_server, fork_worker
+
+    _start_fork_server()
+    os.environ[fork_worker.RAY_WORKER] = str(
+        Path(ray.__file__).parent / "_private" / "workers" / "default_worker.py"
+    )
+    os.environ[fork_server.PRELOAD] = preload
+    original = parameter.RayParams.__init__
+
+    def with_worker_path(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        if self.worker_path is None:
+            self.worker_path = fork_worker.__file__
+
+    parameter.RayParams.__init__ = with_worker_path  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        parameter.RayParams.__init__ = original  # type: ignore[method-assign]
+
+
+def _start_fork_server() -> None:
+    from actors import fork_server, fork_worker
+
+    global _fork_dir, _fork_server
+    if _fork_server is not None and _fork_server.poll() is None:
+        return
+    _fork_dir = Path(tempfile.mkdtemp(prefix=FORK_DIR_PREFIX))  # mode 0700
+    path = _fork_dir / "fork.sock"
+    log_file = open(_fork_dir / "fork_server.log", "ab")  # noqa: SIM115  # the server's own
+    _fork_server = subprocess.Popen(
+        [sys.executable, fork_server.__file__, str(path)],
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=log_file,
+    )
+    log_file.close()
+    deadline = time.monotonic() + FORK_SERVER_START_S
+    while not path.exists() and _fork_server.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # a standard-library process: ready in tens of milliseconds
+    if path.exists():
+        os.environ[fork_worker.FORK_SOCKET] = str(path)
+    else:
+        log.warning("the fork server did not start: Ray starts each worker itself")
+
+
+def _stop_fork_server() -> None:
+    from actors import fork_worker
+
+    global _fork_dir, _fork_server
+    if _fork_server is not None:
+        _fork_server.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            _fork_server.wait(timeout=10)
+        _fork_server = None
+    os.environ.pop(fork_worker.FORK_SOCKET, None)
+    if _fork_dir is not None:
+        shutil.rmtree(_fork_dir, ignore_errors=True)
+        _fork_dir = None
 
 
 def _require_token_auth() -> None:

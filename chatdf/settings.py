@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     # The embedded Ray kills idle workers only past this many workers in all (actors count):
     # high, so idle task workers (at most the peak of concurrent loads and queries) stay warm.
     idle_workers_kept: int = 10_000
+    # The embedded Ray forks its Python workers from a process that has imported Ray and the
+    # session actor's modules (docs/architecture.md, "Forked workers"); false: Ray starts each.
+    worker_fork_server: bool = True
     # Task workers each edge readies at start (Polars imported, query fork server running).
     warm_task_workers: int = Field(default=4, ge=0, le=256)
     # auto: run each query confined by Landlock where the kernel has it (else warn once);

@@ -11,7 +11,7 @@ import pytest
 import ray
 
 from api import embedded_ray
-from api.app import node_slots, node_system_config
+from api.app import fork_preload, node_slots, node_system_config
 from chatdf.settings import Settings
 from tests.fakes.fake_data_server import data_server
 from tests.fakes.fake_gemini import fake_gemini, gemini_settings
@@ -28,6 +28,9 @@ def ray_session() -> Iterator[None]:
     started as the edge starts its embedded Ray: loopback only, token authentication on."""
     if not ray.is_initialized():
         embedded_ray.start(
+            # Its edges run either provider: no model SDK preloaded (each test checks that its
+            # actors import only their own provider's).
+            fork_preload=fork_preload(Settings(), model_sdk=False),
             num_cpus=4,
             # Session slots past what the suite ever holds at once: the cap has its own test
             # (tests/test_session_slots.py), with its own `chatdf serve` of one slot.
