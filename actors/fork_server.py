@@ -50,6 +50,7 @@ FORK_TIMEOUT_S = 10.0
 MAX_REQUEST = 4 << 20
 KEPT_OUT = ("pyarrow", "numpy", "PIL", "rich", "pygments", "polars")  # = actors.keep_out
 READY = b"ready\n"
+MAX_TEMPLATES = 8  # environments at once: a job's, the job-less workers', a few more edges'
 
 
 def log(message: str) -> None:
@@ -175,10 +176,10 @@ def answer(conn: socket.socket, templates: dict[str, Template]) -> None:
         if template is not None and not template.alive():
             templates.pop(key).close()
             template = None
-        if template is None:
+        if template is None and len(templates) < MAX_TEMPLATES:
             templates[key] = Template(env)  # for the next start of this environment
             log(f"template {templates[key].proc.pid} starting for a new environment")
-        elif template.ready:
+        elif template is not None and template.ready:
             try:
                 pid = template.fork(request, fds)
             except (OSError, ValueError, EOFError) as exc:
@@ -195,6 +196,9 @@ def serve(path: str) -> None:
     server = listen(path)
     templates: dict[str, Template] = {}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # A Ctrl-C to the edge's terminal reaches its whole group: the edge shuts down gracefully,
+    # and this ends with it (its parent's pidfd), not before.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         while True:
             starting = {t.sock.fileno(): t for t in templates.values() if not t.ready}
@@ -300,6 +304,9 @@ def reap(_signum: int = 0, _frame: Any = None) -> None:
 
 
 def template(fd: int) -> None:
+    # The server ignores SIGINT and that is inherited: a worker must get it (Ray cancels a
+    # task with it), so the template and its children take Python's own handler again.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sock = socket.socket(fileno=fd)
     started = time.process_time()
     preload()

@@ -130,6 +130,11 @@ class Probe:
     def where(self) -> tuple[int, int]:
         return os.getpid(), os.getppid()
 
+    def sigint_handler(self) -> str:
+        import signal
+
+        return getattr(signal.getsignal(signal.SIGINT), "__name__", "")
+
     def polars_version(self) -> str:
         import polars
 
@@ -155,6 +160,9 @@ def forked_probe() -> Any:
 
 def test_the_embedded_rays_actors_are_forked_and_work(ray_session: None) -> None:
     probe = forked_probe()
+    # Ray cancels a task with SIGINT: a forked worker takes it as Python does (the server
+    # itself ignores it).
+    assert ray.get(probe.sigint_handler.remote(), timeout=60) == "default_int_handler"
     # The server kept Polars out while importing; the child is not under that rule.
     assert ray.get(probe.polars_version.remote(), timeout=60)
     ray.kill(probe)
