@@ -50,6 +50,17 @@ FORK_TIMEOUT_S = 10.0
 MAX_REQUEST = 4 << 20
 KEPT_OUT = ("pyarrow", "numpy", "PIL", "rich", "pygments", "polars")  # = actors.keep_out
 READY = b"ready\n"
+# What every Ray worker imports at start or at its first call (py-spy of forked session
+# actors: Ray's serializer set-up imports pydantic.v1 and Starlette for their types).
+RAY_MODULES = (
+    "ray",
+    "ray.actor",
+    "ray.util.serialization_addons",
+    "ray._common.pydantic_compat",
+    "ray._common.usage.usage_lib",
+    "pydantic.v1",
+    "starlette.datastructures",
+)
 MAX_TEMPLATES = 8  # environments at once: a job's, the job-less workers', a few more edges'
 
 
@@ -251,7 +262,7 @@ def preload() -> None:
     finder = _KeepOut()
     sys.meta_path.insert(0, finder)
     try:
-        for name in ["ray", "ray.actor", *os.environ.get(PRELOAD, "").split()]:
+        for name in [*RAY_MODULES, *os.environ.get(PRELOAD, "").split()]:
             try:
                 module = importlib.import_module(name)
                 warm = getattr(module, "warm_types", None)  # the model SDK's lazily built types

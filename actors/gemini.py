@@ -6,6 +6,7 @@ import asyncio
 import functools
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from google import genai
 from google.genai import errors as genai_errors
@@ -211,6 +212,43 @@ def warm_types() -> None:
         # The SDK's own parsing of a streamed chunk (what generate_content_stream calls).
         parsed = types.GenerateContentResponse._from_response(response=chunk, kwargs={})
         _Collector().add(parsed)
+    # A throwaway client, offline: its first build imports the transports (≈ 30 ms; the
+    # next builds ≈ 2 ms) and builds the shared SSL contexts.
+    sync_args, async_args = ssl_client_args()
+    genai.Client(
+        api_key="warm-up",
+        vertexai=False,
+        http_options=types.HttpOptions(
+            client_args=dict(sync_args), async_client_args=dict(async_args)
+        ),
+    )
+
+
+@functools.cache
+def ssl_client_args() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The SSL contexts google-genai builds for a client, built once per process and handed to
+    every client after (sync args, async args).
+
+    Each `genai.Client` builds three (httpx, aiohttp, websocket), each loading the CA bundle:
+    75 of a forked session actor's ≈ 500 samples in a py-spy profile of first turns. They are
+    built here by the SDK's own functions, with its defaults (SSL_CERT_FILE / SSL_CERT_DIR,
+    else its own choice of trust store), so the trust is the SDK's; the SDK passes a context it
+    is given on to each transport (`verify` for httpx, `ssl` for aiohttp and websockets, each
+    kept only where the client class takes it). Built in `warm_types`, so a fork server's
+    template builds them once for all the workers it forks. Any failure: the SDK's own
+    per-client contexts, as before."""
+    try:
+        from google.genai._api_client import BaseApiClient
+
+        options = types.HttpOptions()
+        sync_args, async_args = BaseApiClient._ensure_httpx_ssl_ctx(options)
+        aiohttp_args = BaseApiClient._ensure_aiohttp_ssl_ctx(options)
+        return (
+            {"verify": sync_args["verify"]},
+            {"verify": async_args["verify"], "ssl": aiohttp_args["ssl"]},
+        )
+    except Exception:
+        return {}, {}
 
 
 # The client ----------------------------------------------------------------------------------
@@ -239,9 +277,12 @@ class GeminiClient(StreamingClient[GeminiRequest, types.GenerateContentResponse]
         super().__init__(settings, sleep=sleep)
         # The SDK's own retries stay off (attempts=1) so only the shared policy decides, and
         # so its implicit 1-10 s reconnect pause never runs.
+        sync_args, async_args = ssl_client_args()
         options = types.HttpOptions(
             base_url=settings.resolved_model_base_url or None,
             retry_options=types.HttpRetryOptions(attempts=1),
+            client_args=dict(sync_args),
+            async_client_args=dict(async_args),
         )
         self._client = genai.Client(
             api_key=settings.resolved_model_api_key, vertexai=False, http_options=options
