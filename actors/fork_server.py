@@ -8,7 +8,8 @@ Two roles, one file, run by path:
   only) comes from a worker start (`actors/fork_worker.py`) with that worker's arguments,
   working directory, standard streams and environment. It hands the request to the template
   of that exact environment, which forks the worker, and answers its pid; with no template
-  ready for that environment it answers 0 (the worker starts as Ray starts it) and starts one.
+  ready for that environment it answers 0 (the worker starts as Ray starts it) and starts one
+  (none for Ray's prestarted, job-less workers: there are no more of those later).
 - `fork_server.py --template FD`: a template, started by the server with the environment it
   serves (Ray reads parts of its configuration from the environment once, at import, so a
   template serves only workers whose environment is exactly its own: one per job). It imports
@@ -153,6 +154,13 @@ class Template:
             self.proc.wait(timeout=5)
 
 
+def jobless(env: dict[str, str]) -> bool:
+    """Ray's prestarted workers, started with its node before any job: a template for them
+    (≈ 1.6 CPU-s at the edge's start) would fork none later."""
+    job = env.get("RAY_JOB_ID", "")
+    return bool(job) and set(job) == {"f"}
+
+
 def peer_uid(conn: socket.socket) -> int:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return int(struct.unpack("3i", creds)[1])
@@ -187,7 +195,7 @@ def answer(conn: socket.socket, templates: dict[str, Template]) -> None:
         if template is not None and not template.alive():
             templates.pop(key).close()
             template = None
-        if template is None and len(templates) < MAX_TEMPLATES:
+        if template is None and len(templates) < MAX_TEMPLATES and not jobless(env):
             templates[key] = Template(env)  # for the next start of this environment
             log(f"template {templates[key].proc.pid} starting for a new environment")
         elif template is not None and template.ready:

@@ -106,6 +106,13 @@ def test_a_worker_starts_plain_until_its_template_is_ready_then_forked(
     # Another environment (another job's workers) is not this template's: plain at first.
     apart = start_worker({**env, "RAY_JOB_ID": "02000000"}, tmp_path)
     assert not is_template(apart["ppid"])
+    templates = [c.pid for c in psutil.Process(proc.pid).children() if is_template(c.pid)]
+    assert len(templates) == 2  # this env's, and the other job's now starting
+    # Ray's prestarted workers (no job yet) get none: the node starts those only once.
+    for _ in range(2):
+        prestarted = start_worker({**env, "RAY_JOB_ID": "ffffffff"}, tmp_path)
+        assert not is_template(prestarted["ppid"])
+    assert [c.pid for c in psutil.Process(proc.pid).children() if is_template(c.pid)] == templates
 
     proc.terminate()
     proc.wait(timeout=30)

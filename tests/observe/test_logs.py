@@ -112,7 +112,11 @@ def test_served_json_logs_carry_ids_and_no_token_and_ray_metrics_port(
         assert json.loads(ws.recv(timeout=30))["type"] == "ping"
         conv = httpx.post(f"{url}/conversations", headers=auth).json()["id"]
         sample = {"url": f"{url}/samples/sales.parquet"}
-        added = httpx.post(f"{url}/conversations/{conv}/datasets", headers=auth, json=sample)
+        # The first call binds an actor, on a server that has just started (timeout as in the
+        # other served tests' first calls).
+        added = httpx.post(
+            f"{url}/conversations/{conv}/datasets", headers=auth, json=sample, timeout=60
+        )
         assert added.status_code == 201, added.text
         while json.loads(ws.recv(timeout=60))["type"] != "dataset_loaded":
             pass
