@@ -49,7 +49,6 @@ PRELOAD = "CHATDF_FORK_PRELOAD"  # space-separated module names
 IDLE_S = float(os.environ.get("FORK_SERVER_IDLE_S", "600"))
 FORK_TIMEOUT_S = 10.0
 MAX_REQUEST = 4 << 20
-KEPT_OUT = ("pyarrow", "numpy", "PIL", "rich", "pygments", "polars")  # = actors.keep_out
 READY = b"ready\n"
 # What every Ray worker imports at start or at its first call (py-spy of forked session
 # actors: Ray's serializer set-up imports pydantic.v1 and Starlette for their types).
@@ -258,18 +257,12 @@ def serve(path: str) -> None:
 # A template -----------------------------------------------------------------------------
 
 
-class _KeepOut:
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
-        if name.partition(".")[0] in KEPT_OUT:
-            raise ModuleNotFoundError(f"No module named {name!r} (kept out)", name=name)
-
-
 def preload() -> None:
     # What a worker run by path sees first on its path: the worker script's directory.
     sys.path[0] = os.path.dirname(os.environ["CHATDF_RAY_WORKER"])
-    finder = _KeepOut()
-    sys.meta_path.insert(0, finder)
-    try:
+    from actors.keep_out import keeping_out
+
+    with keeping_out():
         for name in [*RAY_MODULES, *os.environ.get(PRELOAD, "").split()]:
             try:
                 module = importlib.import_module(name)
@@ -278,8 +271,6 @@ def preload() -> None:
                     warm()
             except Exception as exc:  # a worker imports it itself later; say so here
                 log(f"could not preload {name}: {exc!r}")
-    finally:
-        sys.meta_path.remove(finder)
     gc.collect()
     gc.freeze()
 

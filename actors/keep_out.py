@@ -21,6 +21,8 @@ imports is optional where it happens. `check_health()` reports any that got in a
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.machinery import ModuleSpec
 from typing import Any
 
@@ -36,6 +38,18 @@ class _KeepOut:
                 f"No module named {name!r} (kept out of the actor)", name=name
             )
         return None
+
+
+@contextmanager
+def keeping_out() -> Iterator[None]:
+    """The rule for the imports within only (a fork server's template preloading what its
+    workers share: actors/fork_server.py)."""
+    finder = _KeepOut()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
 
 
 def install_in_ray_worker() -> bool:
