@@ -14,7 +14,7 @@ import pytest
 
 from chatdf.settings import Settings
 from tests.fakes.fake_data_server import FakeDataServer
-from tests.live import LiveServer
+from tests.live import LiveServer, wait_until
 from tests.pg import SERVER_URL, fresh_database
 
 WEEK_S = 7 * 24 * 3600
@@ -173,6 +173,13 @@ def test_concurrent_adds_keep_the_rules_and_never_500(
         if r.status_code == 400:
             assert_error(r, 400, "This dataset is already loaded")
 
+    # The first one's load done: the adds below race each other for the last 4 places, not
+    # that load for MAX_CONCURRENT_LOADS_PER_USER (5 loading at once answers 429).
+    def first_ready() -> bool:
+        datasets = client.get(f"/conversations/{conv}").json()["datasets"]
+        return bool(datasets) and datasets[0]["status"] == "ready"
+
+    assert wait_until(first_ready)
     urls = [data_server.add(f"/many{i}.csv", csv_bytes()) for i in range(6)]
     with ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(lambda u: client.post(path, json={"url": u}), urls))
