@@ -9,10 +9,10 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
-from actors import directory, gateway
+from actors import directory, event_pipe, gateway
 from actors.budget import TokenBudget, prune_cutoff, prune_usage
 from actors.chat import ChatRunner
 from actors.datasets import DatasetLoader
@@ -89,6 +89,7 @@ class SessionActor:
         self._last_active = time.monotonic()
         self._startup: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._pumps: set[asyncio.Task[None]] = set()  # event pipes writing (actors/event_pipe.py)
         self._watched: set[str] = set()  # edges whose death this actor listens for
         self._retiring: asyncio.Task[None] | None = None  # handing over to a newer deploy
         self._handover: asyncio.Future[None] | None = None  # taking over: start-up waits
@@ -234,8 +235,14 @@ class SessionActor:
         self._closing = True
         self.fanout.close_all({"type": IN_FLIGHT, "turns": {}, "loads": {}})
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.fanout.wait_empty(), FLUSH_TIMEOUT_S)
+            await asyncio.wait_for(self._flushed(), FLUSH_TIMEOUT_S)
         _exit_current_actor()  # a `drained` caller sees the reply or the exit: the same to it
+
+    async def _flushed(self) -> None:
+        """Every stream has ended, and every event pipe has written its last frame."""
+        await self.fanout.wait_empty()
+        if self._pumps:
+            await asyncio.wait(set(self._pumps))
 
     @contextlib.asynccontextmanager
     async def _new_work(self) -> AsyncIterator[None]:
@@ -330,6 +337,7 @@ class SessionActor:
         return {
             "user_id": self.user_id,
             "subscribers": len(self.fanout),
+            "piped": len(self._pumps),  # of them, through an event pipe (actors/event_pipe.py)
             "edges": sorted(self.fanout.edges()),
             "running_turns": self.chat.running_count() if bound else 0,
             "loading": self.datasets.running_count() if bound else 0,
@@ -427,6 +435,47 @@ class SessionActor:
         await self.ready()
         if self._closing:  # retired and done: the edge looks for the user's current actor
             return
+        async for batch in self._batches(sub_id, since, edge):
+            yield batch
+
+    async def subscribe_pipe(
+        self,
+        sub_id: str,
+        since: float,
+        edge: str,
+        pipe: tuple[str, str, str],
+        in_flight: int,
+    ) -> bool:
+        """`subscribe`, with the batches written to the edge's event pipe (actors/event_pipe.py)
+        instead of a Ray stream. `pipe`: the edge's node id, socket path and this
+        subscription's secret; `in_flight`: batches it may leave unanswered. Returns once
+        subscribed: True, or False when the edge is on another node or the actor has retired
+        (the edge then uses `subscribe`)."""
+        import ray
+
+        node_id, path, secret = pipe
+        if node_id != ray.get_runtime_context().get_node_id():
+            return False
+        await self.ready()
+        if self._closing:
+            return False
+        reader, writer = await event_pipe.connect(path, sub_id, secret)
+        batches = self._batches(sub_id, since, edge)
+        out = event_pipe.Pipe(reader, writer, in_flight, lambda: self.fanout.close(sub_id))
+        try:
+            out.write(await anext(batches))  # registered, with what runs now
+        except BaseException:
+            writer.close()
+            await batches.aclose()
+            raise
+        pump = self._spawn(out.pump(batches))
+        self._pumps.add(pump)
+        pump.add_done_callback(self._pumps.discard)
+        return True
+
+    async def _batches(
+        self, sub_id: str, since: float, edge: str
+    ) -> AsyncGenerator[list[Stamped], None]:
         if edge and edge not in self._watched:
             self._watched.add(edge)
             self._spawn(self._drop_when_gone(edge))

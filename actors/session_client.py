@@ -106,3 +106,14 @@ def subscribe(handle: Any, sub_id: str, since: float, edge: str, backpressure: i
 def unsubscribe(handle: Any, sub_id: str) -> Any:
     """`SessionActor.unsubscribe`: ends one subscription (an awaitable Ray result)."""
     return getattr(handle, SessionActor.unsubscribe.__name__).remote(sub_id)
+
+
+def subscribe_pipe(
+    handle: Any, sub_id: str, since: float, edge: str, pipe: tuple[str, str, str], in_flight: int
+) -> Any:
+    """`SessionActor.subscribe_pipe`: the batches through this edge's event pipe (an awaitable
+    Ray result: True once subscribed, False when the actor cannot; actors/event_pipe.py).
+    `pipe`: the edge's node id, socket path and the subscription's secret."""
+    return getattr(handle, SessionActor.subscribe_pipe.__name__).remote(
+        sub_id, since, edge, pipe, in_flight
+    )

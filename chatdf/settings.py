@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     session_start_timeout_s: float = Field(default=60.0, gt=0)
     subscriber_queue_max: int = 10_000  # events queued in the actor for one edge
     subscriber_backpressure: int = 8  # event batches in flight between an actor and one edge
+    # Actors on the edge's node stream their events over a Unix socket, not a Ray stream
+    # (actors/event_pipe.py: ≈ 1.6 ms of CPU less per item on each side); false: always Ray.
+    event_pipe: bool = True
     event_buffer_max: int = 1000  # recent events an actor keeps for edges subscribing late
     event_buffer_s: float = 30.0  # ... and for how long
 

@@ -9,7 +9,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +23,7 @@ from actors.edges import start_hub
 from actors.fanout import IN_FLIGHT, TICK_S, Stamped
 from actors.session_client import subscribe, unsubscribe
 from chatdf.settings import Settings
+from ws.event_pipe import EventPipes, PipeBroken
 from ws.inflight import InFlight
 from ws.protocol import EXTENSION
 
@@ -99,6 +100,7 @@ class ConnectionManager:
         self._background: set[asyncio.Task[Any]] = set()
         self._lookups = ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="actor-lookup")
         self.on_batch: Callable[[list[Stamped]], None] = _ignore  # metrics (api/metrics.py)
+        self.pipes: EventPipes | None = None  # same-node actors' events (EVENT_PIPE)
 
     # Life of the edge ----------------------------------------------------------------------
 
@@ -109,6 +111,9 @@ class ConnectionManager:
         self.hub_name, self._hub = await asyncio.to_thread(
             start_hub, self.settings.ray_namespace, version, number
         )
+        if self.settings.event_pipe:
+            self.pipes = EventPipes()
+            await self.pipes.start()
         self._hub_task = asyncio.create_task(self._follow_hub())
 
     async def close_all(self) -> None:
@@ -123,6 +128,8 @@ class ConnectionManager:
 
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(ray.kill, self._hub)
+        if self.pipes is not None:
+            await self.pipes.close()
         self._lookups.shutdown(wait=False, cancel_futures=True)
 
     # Sockets -------------------------------------------------------------------------------
@@ -339,24 +346,44 @@ class ConnectionManager:
         stream.sub_id = uuid.uuid4().hex
         started = False
         try:
-            items = subscribe(
+            items = await self._subscribe(stream, since)
+            async with contextlib.aclosing(items):
+                async for batch in items:
+                    started = True
+                    self.on_batch(self._deliver(user_id, stream, batch))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.info("event stream of user %s ended (%s)", user_id, type(exc).__name__)
+            died = isinstance(exc, RayActorError) and not isinstance(exc, ActorUnavailableError)
+            if died or isinstance(exc, PipeBroken):
+                self._report_lost(user_id, stream)  # the actor died: its work will not end
+        return started
+
+    async def _subscribe(
+        self, stream: ActorStream, since: float
+    ) -> AsyncGenerator[list[Stamped], None]:
+        """The subscription's batches: through the event pipe when the actor runs on this
+        edge's node (ws/event_pipe.py), else through a Ray streaming generator."""
+        if self.pipes is not None:
+            piped = await self.pipes.subscribe(
+                stream.handle,
+                stream.sub_id,
+                since,
+                self.hub_name,
+                in_flight=self.settings.subscriber_backpressure,
+            )
+            if piped is not None:
+                return piped
+        return _ray_batches(
+            subscribe(
                 stream.handle,
                 stream.sub_id,
                 since,
                 self.hub_name,
                 backpressure=self.settings.subscriber_backpressure,
             )
-            async for ref in items:
-                batch: list[Stamped] = await ref
-                started = True
-                self.on_batch(self._deliver(user_id, stream, batch))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.info("event stream of user %s ended (%s)", user_id, type(exc).__name__)
-            if isinstance(exc, RayActorError) and not isinstance(exc, ActorUnavailableError):
-                self._report_lost(user_id, stream)  # the actor died: its work will not end
-        return started
+        )
 
     def _report_lost(self, user_id: str, stream: ActorStream) -> None:
         for event in stream.inflight.lost():
@@ -378,6 +405,12 @@ class ConnectionManager:
                 if stamp >= conn.accepted_at:  # nothing from before a socket's accept
                     self.enqueue(conn, text)
         return delivered
+
+
+async def _ray_batches(items: Any) -> AsyncGenerator[list[Stamped], None]:
+    async for ref in items:
+        batch: list[Stamped] = await ref
+        yield batch
 
 
 def _ignore(batch: list[Stamped]) -> None:
