@@ -21,6 +21,7 @@ from typing import Any
 
 from actors.event_pipe import ACK, read_frame
 from actors.fanout import Stamped
+from actors.session import SessionActor
 from actors.session_client import subscribe_pipe
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ class EventPipes:
     ) -> AsyncGenerator[list[Stamped], None] | None:
         """Subscribes through the pipe: the batches, or None when the actor cannot (it runs on
         another node, or has retired); the caller then subscribes through Ray."""
+        if not hasattr(handle, SessionActor.subscribe_pipe.__name__):
+            return None  # an actor of an older deploy, still finishing its turns
         secret = secrets.token_urlsafe(24)
         arrived: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[sub_id] = (secret, arrived)
@@ -75,6 +78,10 @@ class EventPipes:
                 return None
             # The actor has connected before it answered; its hello may still be in transit.
             reader, writer = await asyncio.wait_for(arrived, HELLO_TIMEOUT_S)
+        except BaseException:
+            if arrived.done() and not arrived.cancelled():
+                arrived.result()[1].close()  # connected, but the subscription failed
+            raise
         finally:
             self._waiting.pop(sub_id, None)
         return _frames(reader, writer)

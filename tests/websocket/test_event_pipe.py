@@ -99,3 +99,12 @@ async def _subscribe_and_close(live: LiveServer, actor: Any) -> list[Any]:
     first: list[Any] = await anext(items)
     await items.aclose()
     return first
+
+
+def test_an_actor_without_the_pipe_method_is_left_to_ray(live: LiveServer) -> None:
+    """During a deploy the edge may stream from an older deploy's actor, whose class has no
+    `subscribe_pipe`: the pipe declines it (the edge then subscribes through Ray) instead of
+    failing every try. Any Ray actor without the method shows it: this edge's hub."""
+    hub = live.manager._hub
+    assert not hasattr(hub, "subscribe_pipe")
+    assert live.call(live.manager.pipes.subscribe(hub, uuid.uuid4().hex, 0.0, "", 8)) is None
