@@ -194,14 +194,18 @@ class Meter:
             return []
 
     def cpu(self) -> dict[int, float]:
-        """Per pid: user+system CPU seconds, plus those of its reaped children."""
+        """Per pid: user+system CPU seconds; under -pid, those of its children it has reaped
+        (exited workers: a forked one is reaped by its template, not by the raylet)."""
         out: dict[int, float] = {}
         for p in self.procs():
             try:
                 t = p.cpu_times()
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-            out[p.pid] = t.user + t.system + t.children_user + t.children_system
+            out[p.pid] = t.user + t.system
+            reaped = t.children_user + t.children_system
+            if reaped:
+                out[-p.pid] = reaped
         return out
 
     @staticmethod
@@ -211,6 +215,7 @@ class Meter:
     def cpu_by_kind(self, before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
         """The same CPU seconds split by process kind (edge, raylet, ray::SessionActor, ...)."""
         kinds = {p.pid: kind_of(p, self.root_pid) for p in self.procs()}
+        kinds.update({-pid: f"{kind} (its exited children)" for pid, kind in list(kinds.items())})
         out: defaultdict[str, float] = defaultdict(float)
         for pid, v in after.items():
             out[kinds.get(pid, "gone")] += max(0.0, v - before.get(pid, 0.0))
