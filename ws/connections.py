@@ -112,8 +112,13 @@ class ConnectionManager:
             start_hub, self.settings.ray_namespace, version, number
         )
         if self.settings.event_pipe:
-            self.pipes = EventPipes()
-            await self.pipes.start()
+            pipes = EventPipes()
+            try:
+                await pipes.start()
+                self.pipes = pipes
+            except OSError as exc:  # no Unix socket here (a long TMPDIR, a read-only /tmp)
+                log.warning("event pipe not available (%s): events stream through Ray", exc)
+                await pipes.close()
         self._hub_task = asyncio.create_task(self._follow_hub())
 
     async def close_all(self) -> None:

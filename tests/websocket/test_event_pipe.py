@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +58,22 @@ def test_with_event_pipe_off_they_take_a_ray_stream(ray_streams: LiveServer) -> 
     assert ray_streams.manager.pipes is None
     got = stream_once(ray_streams, "ray-stream")
     assert got["piped"] == 0
+
+
+def test_an_edge_that_cannot_listen_streams_through_ray(
+    ray_session: None, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A socket path past the kernel's 108 bytes (a long TMPDIR) cannot be bound: the edge
+    starts all the same, without the pipe, and its events take Ray's stream."""
+    long_dir = tmp_path / ("d" * 120)
+    long_dir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(long_dir))
+    server = LiveServer(settings).start()
+    try:
+        assert server.manager.pipes is None
+        assert stream_once(server, "no-pipe")["piped"] == 0
+    finally:
+        server.stop()
 
 
 def test_the_pipe_is_private_and_takes_only_an_awaited_subscription(live: LiveServer) -> None:
