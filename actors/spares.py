@@ -14,7 +14,7 @@ from typing import Any
 from actors import directory, version
 from actors.admission import Admission, SlotCount
 from actors.capacity import slots_full
-from actors.session import start_unbound_actor
+from actors.session_ray import start_unbound_actor
 from chatdf.errors import Unavailable
 from chatdf.settings import Settings
 

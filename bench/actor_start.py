@@ -60,7 +60,7 @@ def one_round(fork: bool, actors: int) -> dict[str, Any]:
     """In a child process: one embedded Ray, one mode."""
     import ray
 
-    from actors.session import start_unbound_actor
+    from actors.session_ray import start_unbound_actor
     from api import embedded_ray
     from api.app import fork_preload, node_slots, node_system_config
     from chatdf.db import Database

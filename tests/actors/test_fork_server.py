@@ -21,7 +21,7 @@ import pytest
 import ray
 
 from actors import fork_server, fork_worker
-from actors.session import start_unbound_actor
+from actors.session_ray import start_unbound_actor
 from chatdf.settings import Settings
 from tests.live import wait_until
 

@@ -11,7 +11,7 @@ import ray
 
 from actors import directory
 from actors.edges import start_hub
-from actors.session import start_unbound_actor
+from actors.session_ray import start_unbound_actor
 from chatdf.db import Database
 from chatdf.settings import Settings
 from tests.live import LiveServer, session_alive, wait_until

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 CALLER_SIDE = """
 import sys
-import actors.session, actors.spares, actors.tasks
+import actors.session, actors.session_ray, actors.spares, actors.tasks
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("polars", "pyarrow", "sqlglot"))
 assert not loaded, loaded
 """

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import ray
 
-from actors.session import get_session_actor
+from actors.session_ray import get_session_actor
 from tests.fakes.fake_data_server import FakeDataServer
 from tests.fakes.fake_gemini import FakeGemini
 from tests.live import LiveServer

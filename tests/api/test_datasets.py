@@ -193,7 +193,7 @@ def test_an_actor_dying_under_a_call_twice_is_503_in_the_error_body(
 
     import ray
 
-    from actors.session import get_session_actor
+    from actors.session_ray import get_session_actor
     from tests.live import wait_until
 
     token, user_id, client = live.login(f"ds-{uuid.uuid4().hex[:8]}@example.com")

@@ -19,7 +19,7 @@ import ray
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 
-from actors.session import get_session_actor
+from actors.session_ray import get_session_actor
 from api.app import PUBLIC_PATHS, create_app
 from chatdf import schemas
 from chatdf.db import Conversation, Database, Dataset, User

@@ -8,7 +8,7 @@ import uuid
 import polars as pl
 import ray
 
-from actors.session import get_session_actor
+from actors.session_ray import get_session_actor
 from chatdf.settings import Settings
 from tests.fakes.fake_data_server import FakeDataServer
 from tests.fakes.fake_gemini import FakeGemini

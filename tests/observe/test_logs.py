@@ -18,7 +18,7 @@ import pytest
 import ray
 from websockets.sync.client import connect
 
-from actors.session import get_session_actor
+from actors.session_ray import get_session_actor
 from chatdf import logs
 from chatdf.settings import Settings
 from tests.fakes.fake_data_server import FakeDataServer

@@ -10,7 +10,7 @@ import pytest
 import ray
 
 from actors.answers import ANSWER_INTERRUPTED
-from actors.session import get_session_actor
+from actors.session_ray import get_session_actor
 from chatdf.settings import Settings
 from tests.fakes.fake_data_server import FakeDataServer
 from tests.fakes.fake_gemini import FakeGemini

@@ -19,7 +19,7 @@ def test_ws_clean_1_actor_side_subscription_ends(live: LiveServer, user: SignedI
     """WS-CLEAN-1: the session actor also forgets the edge's stream once the last tab closes."""
     import ray
 
-    from actors.session import get_session_actor
+    from actors.session_ray import get_session_actor
 
     actor = get_session_actor(user.user_id, live.settings)
     with live.ws(user.token), live.ws(user.token):

@@ -11,7 +11,7 @@ import ray
 from sqlalchemy import update
 from websockets.sync.client import connect
 
-from actors.session import get_session_actor
+from actors.session_ray import get_session_actor
 from chatdf.db import Database, UserSession, utcnow
 from chatdf.store import hash_secret
 from tests.fakes.fake_data_server import FakeDataServer

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ray
 
-from actors.session import get_session_actor
+from actors.session_ray import get_session_actor
 from tests.live import LiveServer, WSHelper
 from tests.websocket.conftest import SignedIn
 

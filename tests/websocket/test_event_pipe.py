@@ -18,7 +18,7 @@ import pytest
 import ray
 
 from actors.fanout import IN_FLIGHT
-from actors.session import get_session_actor
+from actors.session_ray import get_session_actor
 from chatdf.settings import Settings
 from tests.live import LiveServer, wait_until
 

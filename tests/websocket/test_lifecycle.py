@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import ray
 
-from actors.session import get_session_actor
+from actors.session_ray import get_session_actor
 from chatdf.settings import Settings
 from tests.fakes.fake_gemini import FakeGemini
 from tests.live import LiveServer, WSHelper, session_alive, wait_until

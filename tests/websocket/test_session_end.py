@@ -9,7 +9,7 @@ import pytest
 import ray
 from sqlalchemy import update
 
-from actors.session import get_session_actor
+from actors.session_ray import get_session_actor
 from chatdf.db import Database, UserSession, utcnow
 from chatdf.settings import Settings
 from chatdf.store import hash_secret

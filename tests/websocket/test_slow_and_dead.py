@@ -21,7 +21,7 @@ from websockets.sync.client import connect
 
 from actors.directory import find_session_actor
 from actors.edges import HUB_PREFIX
-from actors.session import get_session_actor
+from actors.session_ray import get_session_actor
 from chatdf.settings import Settings
 from tests.live import LiveServer, free_port, session_alive, wait_until
 from tests.rawws import RawWebSocket
