@@ -36,7 +36,9 @@ CONNECT_TIMEOUT_S = 5.0
 
 
 def encode(batch: list[Any]) -> bytes:
-    body = json.dumps(batch, separators=(",", ":"), ensure_ascii=False).encode()
+    """One frame. A value JSON cannot write goes as its str(): an event the edge could not send
+    on either way must not end the pipe (and come back at every resubscription)."""
+    body = json.dumps(batch, separators=(",", ":"), ensure_ascii=False, default=str).encode()
     return HEADER.pack(len(body)) + body
 
 

@@ -89,8 +89,8 @@ class EventPipes:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), HELLO_TIMEOUT_S)
-        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
-            writer.close()
+        except (TimeoutError, ConnectionError, ValueError, asyncio.IncompleteReadError):
+            writer.close()  # ValueError: a line past the reader's limit
             return
         sub_id, _, secret = line[:HELLO_MAX].decode(errors="replace").strip().partition(" ")
         entry = self._waiting.get(sub_id)
