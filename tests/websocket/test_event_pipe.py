@@ -60,6 +60,14 @@ def test_with_event_pipe_off_they_take_a_ray_stream(ray_streams: LiveServer) -> 
     assert got["piped"] == 0
 
 
+def test_an_actor_on_another_node_streams_through_ray(live: LiveServer) -> None:
+    """The actor compares the edge's node with its own: on another node it declines the pipe
+    (the socket is not reachable there) and the edge subscribes through Ray. Here the edge
+    names a node that is not the actor's."""
+    live.manager.pipes.node_id = "0" * 56
+    assert stream_once(live, "other-node")["piped"] == 0
+
+
 def test_an_edge_that_cannot_listen_streams_through_ray(
     ray_session: None, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
