@@ -96,8 +96,6 @@ class Pipe:
         acks = asyncio.ensure_future(self._count_acks())
         try:
             async for batch in batches:
-                if not batch:
-                    continue
                 while self._credits <= 0 and not self._gone:
                     self._credit.clear()
                     await self._credit.wait()

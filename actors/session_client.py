@@ -9,9 +9,10 @@ chatdf's own errors as themselves, and calls a new actor once when the one it na
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from actors.fanout import Stamped
 from actors.handover import actor_gone
 from actors.session import Retired, SessionActor
 from actors.spares import Sessions
@@ -91,16 +92,21 @@ class SessionClient:
 # The event stream (ws/connections.py): on a handle the edge found in the directory -----------
 
 
-def subscribe(handle: Any, sub_id: str, since: float, edge: str, backpressure: int) -> Any:
-    """`SessionActor.subscribe` as a Ray streaming generator of event batches.
+async def subscribe(
+    handle: Any, sub_id: str, since: float, edge: str, backpressure: int
+) -> AsyncGenerator[list[Stamped], None]:
+    """`SessionActor.subscribe` as a Ray streaming generator: its event batches.
 
     `backpressure`: batches in flight to this edge at most. Ray otherwise pushes every item to
     the edge at once; with the bound a stuck edge fills the actor's (bounded) queue and is
     dropped there."""
     method = getattr(handle, SessionActor.subscribe.__name__)
-    return method.options(
+    items = method.options(
         num_returns="streaming", _generator_backpressure_num_objects=backpressure
     ).remote(sub_id, since, edge)
+    async for ref in items:
+        batch: list[Stamped] = await ref
+        yield batch
 
 
 def unsubscribe(handle: Any, sub_id: str) -> Any:

@@ -380,14 +380,12 @@ class ConnectionManager:
             )
             if piped is not None:
                 return piped
-        return _ray_batches(
-            subscribe(
-                stream.handle,
-                stream.sub_id,
-                since,
-                self.hub_name,
-                backpressure=self.settings.subscriber_backpressure,
-            )
+        return subscribe(
+            stream.handle,
+            stream.sub_id,
+            since,
+            self.hub_name,
+            backpressure=self.settings.subscriber_backpressure,
         )
 
     def _report_lost(self, user_id: str, stream: ActorStream) -> None:
@@ -410,12 +408,6 @@ class ConnectionManager:
                 if stamp >= conn.accepted_at:  # nothing from before a socket's accept
                     self.enqueue(conn, text)
         return delivered
-
-
-async def _ray_batches(items: Any) -> AsyncGenerator[list[Stamped], None]:
-    async for ref in items:
-        batch: list[Stamped] = await ref
-        yield batch
 
 
 def _ignore(batch: list[Stamped]) -> None:
