@@ -36,6 +36,7 @@ from actors.formats import (
     parquet_metadata,
     sniff_format,
 )
+from actors.scan import scan_local
 from chatdf.errors import DatasetError
 from chatdf.settings import Settings, sample_file
 
@@ -47,7 +48,6 @@ FORMAT_LABELS = {
     "ipc": "Arrow IPC",
 }
 PARQUET_TAIL_BYTES = 64 * 1024  # one read usually holds the whole footer
-INFER_SCHEMA_ROWS = 10_000
 
 
 def inspect_dataset(
@@ -109,28 +109,6 @@ def ensure_local(
         if touch(dest) and not stale(dest, version):  # filled by another caller meanwhile
             return dest
         return _fill_cache(guarded, url, fmt, settings, locked=True, owner=owner)
-
-
-def scan_local(path: Path, fmt: str) -> pl.LazyFrame:
-    """A lazy scan of a cached file; the only place Polars opens dataset files."""
-    if not isinstance(path, Path):  # a str could be a URL, and Polars would fetch it unguarded
-        raise TypeError(f"scan_local takes a local Path, not {type(path).__name__}")
-    if fmt == "parquet":
-        return pl.scan_parquet(path, glob=False)
-    if fmt in ("csv", "tsv"):
-        return pl.scan_csv(
-            path,
-            separator="\t" if fmt == "tsv" else ",",
-            glob=False,
-            infer_schema_length=INFER_SCHEMA_ROWS,
-            encoding="utf8-lossy",
-            try_parse_dates=True,
-        )
-    if fmt == "ndjson":
-        return pl.scan_ndjson(path, infer_schema_length=INFER_SCHEMA_ROWS)
-    if fmt == "ipc":
-        return pl.scan_ipc(path, glob=False)
-    raise DatasetError(f"Unknown dataset format {fmt!r}")
 
 
 def inspect_local(path: Path) -> dict[str, Any]:

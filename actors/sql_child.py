@@ -24,7 +24,7 @@ import polars as pl
 
 import chatdf
 from actors import landlock
-from actors.dataset_task import scan_local
+from actors.scan import scan_local
 from actors.sql import cap_result_bytes, collect_head, count_rows, plan_sql
 from chatdf.errors import ChatdfError, SqlFailed
 
