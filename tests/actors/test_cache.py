@@ -15,7 +15,8 @@ import polars as pl
 import pytest
 
 from actors.cache import CACHE_FULL, CacheFull, cache_path
-from actors.dataset_task import ensure_local, inspect_dataset, scan_local
+from actors.dataset_task import ensure_local, inspect_dataset
+from actors.scan import scan_local
 from chatdf.settings import Settings
 from tests.fakes.fake_data_server import FakeDataServer
 

@@ -21,10 +21,10 @@ from actors.dataset_task import (
     inspect_dataset,
     inspect_local,
     sample_path,
-    scan_local,
 )
 from actors.fetch import DatasetUnreachable
 from actors.formats import NOT_SUPPORTED, PARQUET_CORRUPT
+from actors.scan import scan_local
 from actors.tasks import load_dataset_task
 from chatdf.errors import DatasetError
 from chatdf.settings import Settings
