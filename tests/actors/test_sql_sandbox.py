@@ -6,7 +6,6 @@ show what one guard bug alone could reach (nothing), not what the guard refuses.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 from pathlib import Path
@@ -166,33 +165,3 @@ def test_a_query_process_does_not_rerun_the_parents_main_script(
     assert run.returncode == 0, run.stderr
     assert "'rows': [[3.5]]" in run.stdout, run.stdout
     assert not mark.exists(), mark.read_text()
-
-
-_IMPORTS_PROBE = """
-import json, sys
-import actors.sql_child  # what the query fork server imports, and so every query process holds
-print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in sys.argv[1:])))
-"""
-
-
-def test_the_query_fork_server_imports_polars_and_the_query_code_only() -> None:
-    """Each query is a fork of that server: what it imported is what a fork copies and a query
-    touches. With the load code (PyArrow, NumPy, httpx, the settings) it held 113 MB RSS against
-    46, and a query cost ≈ 10 ms more CPU (actors/scan.py). No HTTP client or settings module
-    in the sandbox either."""
-    import subprocess
-    import sys
-
-    heavy = ["pyarrow", "numpy", "httpx", "httpcore", "ssl", "pydantic", "sqlglot", "ray"]
-    root = str(Path(__file__).resolve().parents[2])
-    out = subprocess.run(
-        [sys.executable, "-c", _IMPORTS_PROBE, *heavy, "chatdf", "polars"],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=root,
-    )
-    found = json.loads(out.stdout)
-    assert "polars" in found  # the probe sees imports at all
-    assert [m for m in found if m.split(".")[0] in heavy] == []
-    assert "chatdf.settings" not in found
