@@ -84,7 +84,7 @@ class Pipe:
         self._on_gone = on_gone
 
     def write(self, batch: list[Any]) -> None:
-        """Writes one batch now (the first one: within the budget, which it uses)."""
+        """Writes one batch now, using one credit (the first one: within the budget)."""
         self._credits -= 1
         self._writer.write(encode(batch))
 
@@ -101,8 +101,7 @@ class Pipe:
                     await self._credit.wait()
                 if self._gone:
                     break
-                self._credits -= 1
-                self._writer.write(encode(batch))
+                self.write(batch)
                 await self._writer.drain()
             else:
                 self._writer.write(END)
