@@ -36,10 +36,11 @@ from api import (
     metrics,
     usage,
 )
-from api.deps import COOKIE_NAME, NOT_SIGNED_IN, authenticate, token_from
+from api.deps import COOKIE_NAME, NOT_SIGNED_IN, token_from
 from api.errors import DATABASE_UNAVAILABLE, error_response, install_error_handlers
 from api.observe import REQUEST_ID, Observe, call_context
 from api.page import STATIC_PREFIX, install_page
+from api.session_check import SessionChecker
 from api.shutdown import AnswerWhenCutOff
 from chatdf import logs, tracing
 from chatdf.db import Database, Dataset, utcnow
@@ -240,9 +241,9 @@ class AuthFirst:
         if scope["type"] == "http" and self._needs_session(scope):
             request = Request(scope)
             token, source = token_from(request)
-            db = request.app.state.db
+            checker: SessionChecker = request.app.state.session_check
             try:
-                user = await asyncio.to_thread(authenticate, db, self.settings, token)
+                user = await checker.check(token)
             except OperationalError:  # locked or down: say so in the error body, not a 500
                 log.warning("database unavailable while checking a session")
                 await error_response(503, DATABASE_UNAVAILABLE)(scope, receive, send)
@@ -299,8 +300,8 @@ async def _warm_task_workers(spares: SparePool, count: int) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     # Database calls run on the loop's default executor (asyncio.to_thread): one thread per
-    # pooled connection, not asyncio's min(32, CPUs + 4), so a burst of sign-in checks (200
-    # sockets opening at once) is not queued behind six threads on a 2-core machine.
+    # pooled connection, not asyncio's min(32, CPUs + 4). Sign-in checks of a burst share one
+    # query a batch (api/session_check.py), so they take one of these threads at a time.
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(
             max(8, settings.database_pool_size + settings.database_max_overflow),
@@ -316,6 +317,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     db.create_schema()
     close_stale_loads(db, settings)
     app.state.db = db
+    app.state.session_check = SessionChecker(db, settings.session_ttl_s)
     started_ray = connect_ray(settings)
     if settings.dev_login_enabled:
         log.warning(
@@ -345,6 +347,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         warming.cancel()
         await spares.close()
         await manager.close_all()
+        await app.state.session_check.written()
         db.dispose()
         tracing.flush()
         if started_ray:

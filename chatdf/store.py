@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,6 +28,7 @@ from chatdf.db import (
 from chatdf.errors import BadRequest, Forbidden, NotFound
 
 DEV_USER_EMAIL = "dev@localhost"
+MAX_TOKEN_CHARS = 200  # longer is no token of ours: refused before hashing
 
 
 def hash_secret(value: str) -> str:
@@ -121,17 +123,44 @@ def create_session(db: Session, user_id: str, ttl_s: int) -> str:
 
 def user_for_token(db: Session, token: str, ttl_s: int) -> User | None:
     """The user owning a live session token, extending the session (sliding expiry)."""
-    if not token or len(token) > 200:
+    found = live_sessions(db, [token])
+    if token not in found:
         return None
-    row = db.scalar(select(UserSession).where(UserSession.token_hash == hash_secret(token)))
+    row, user = found[token]
+    if sessions_due_extension([row], ttl_s):
+        row.expires_at = utcnow() + timedelta(seconds=ttl_s)
+    return user
+
+
+def live_sessions(db: Session, tokens: Iterable[str]) -> dict[str, tuple[UserSession, User]]:
+    """The live (unexpired) sessions of these raw tokens and their users, by token; one query
+    for them all. Tokens that are empty, too long or unknown are absent."""
+    by_hash = {hash_secret(t): t for t in tokens if t and len(t) <= MAX_TOKEN_CHARS}
+    if not by_hash:
+        return {}
+    rows = db.execute(
+        select(UserSession, User)
+        .join(User, User.id == UserSession.user_id)
+        .where(UserSession.token_hash.in_(list(by_hash)))
+    ).all()
     now = utcnow()
-    if row is None or row.expires_at <= now:
-        return None
-    new_expiry = now + timedelta(seconds=ttl_s)
-    # Write at most once a minute per session: extension need not cost a write per request.
-    if new_expiry - row.expires_at > timedelta(seconds=60):
-        row.expires_at = new_expiry
-    return db.get(User, row.user_id)
+    return {by_hash[row.token_hash]: (row, user) for row, user in rows if row.expires_at > now}
+
+
+def sessions_due_extension(rows: Iterable[UserSession], ttl_s: int) -> list[str]:
+    """The ids of the sessions whose sliding expiry should move: at most once a minute each,
+    so that extending a session does not cost a write per request."""
+    new_expiry = utcnow() + timedelta(seconds=ttl_s)
+    return [row.id for row in rows if new_expiry - row.expires_at > timedelta(seconds=60)]
+
+
+def extend_sessions(db: Session, session_ids: list[str], ttl_s: int) -> None:
+    """Moves these sessions' expiry to `ttl_s` from now (one statement for them all)."""
+    if session_ids:
+        new_expiry = utcnow() + timedelta(seconds=ttl_s)
+        db.execute(
+            update(UserSession).where(UserSession.id.in_(session_ids)).values(expires_at=new_expiry)
+        )
 
 
 def delete_session(db: Session, token: str) -> None:

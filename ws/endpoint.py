@@ -10,8 +10,8 @@ import logging
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from api.deps import authenticate, token_from
-from chatdf.db import Database
+from api.deps import token_from
+from api.session_check import SessionChecker
 from chatdf.settings import Settings
 from chatdf.store import hash_secret
 from ws.connections import Connection, ConnectionManager
@@ -32,10 +32,10 @@ PING = json.dumps({"type": "ping"})
 async def websocket_endpoint(websocket: WebSocket, token: str | None = None) -> None:
     """Streams the user's events; closes with 4001 when the session is missing or invalid."""
     settings: Settings = websocket.app.state.settings
-    db: Database = websocket.app.state.db
+    checker: SessionChecker = websocket.app.state.session_check
     manager: ConnectionManager = websocket.app.state.connection_manager
     raw, source = token_from(websocket, token)
-    user = await asyncio.to_thread(authenticate, db, settings, raw)
+    user = await checker.check(raw)
     if source == "cookie" and not origin_allowed(websocket, settings):
         user = None  # no Origin is no allowed origin either (the contract asks for one)
     if user is None:

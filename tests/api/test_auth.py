@@ -198,6 +198,7 @@ def test_session_is_extended_on_use(live: LiveServer, db: Database) -> None:
         s.execute(update(UserSession).where(UserSession.user_id == user_id).values(expires_at=soon))
     with client:
         assert client.get("/conversations").status_code == 200
+    live.call(live.app.state.session_check.written())  # written after the answer
     with db.session() as s:
         expires = s.scalar(select(UserSession.expires_at).where(UserSession.user_id == user_id))
     assert expires is not None
