@@ -16,6 +16,8 @@ from typing import Any
 
 KEY_PREFIX = "chatdf-session/"
 RETIRING_PREFIX = "chatdf-retiring/"  # bindings of older deploys' actors finishing their turns
+KINDS = (KEY_PREFIX, RETIRING_PREFIX)  # the current binding first, then the retiring ones
+LIST_ALL_FROM = 16  # users in one lookup from which listing every binding is the cheaper way
 MAX_BIND_ATTEMPTS = 20  # each lost race means another actor won: reading it ends the loop
 
 
@@ -79,9 +81,42 @@ def find_bound(user_id: str, namespace: str) -> tuple[str, Any]:
 def find_streaming(user_id: str, namespace: str) -> list[Any]:
     """The user's live session actors, current first: during a deploy's handover also the older
     deploy's actor, still finishing turns whose events the edges must keep streaming."""
+    kinds = {kind: _generations(user_id, namespace, kind) for kind in KINDS}
+    return _live_bound(user_id, namespace, kinds)
+
+
+def find_streaming_many(user_ids: list[str], namespace: str) -> dict[str, list[Any]]:
+    """`find_streaming` for each of these users. From `LIST_ALL_FROM` users on, the bindings
+    of all users are listed once (two calls to the GCS in all, not two per user): the listing
+    grows with the live session actors of the cluster, a burst of lookups with its size."""
+    if len(user_ids) < LIST_ALL_FROM:
+        return {user_id: find_streaming(user_id, namespace) for user_id in user_ids}
+    listed = {kind: _all_generations(namespace, kind) for kind in KINDS}
+    return {
+        user_id: _live_bound(
+            user_id, namespace, {kind: listed[kind].get(user_id, []) for kind in KINDS}
+        )
+        for user_id in user_ids
+    }
+
+
+def _all_generations(namespace: str, kind: str) -> dict[str, list[int]]:
+    """Every user's bound generations of one kind, sorted, by user."""
+    from ray.experimental.internal_kv import _internal_kv_list
+
+    found: dict[str, list[int]] = {}
+    for key in _internal_kv_list(kind.encode(), namespace=namespace):
+        user, _, tail = key[len(kind) :].decode(errors="replace").rpartition("/")
+        if user and tail.isdigit():
+            found.setdefault(user, []).append(int(tail))
+    return {user: sorted(generations) for user, generations in found.items()}
+
+
+def _live_bound(user_id: str, namespace: str, generations: dict[str, list[int]]) -> list[Any]:
+    """The live actors bound to the user in these generations (by kind), newest first."""
     found = []
-    for kind in (KEY_PREFIX, RETIRING_PREFIX):
-        for generation in reversed(_generations(user_id, namespace, kind)):
+    for kind in KINDS:
+        for generation in reversed(generations[kind]):
             handle = _live_actor(_bound_name(user_id, generation, namespace, kind), namespace)
             if handle is not None:
                 found.append(handle)

@@ -18,10 +18,11 @@ from fastapi import WebSocket
 from ray.exceptions import ActorUnavailableError, RayActorError
 from starlette.websockets import WebSocketState
 
-from actors.directory import find_streaming
+from actors.directory import find_streaming_many
 from actors.edges import start_hub
 from actors.fanout import IN_FLIGHT, TICK_S, Stamped
 from actors.session_client import subscribe, unsubscribe
+from chatdf.coalesce import Coalescer
 from chatdf.settings import Settings
 from ws.event_pipe import EventPipes, PipeBroken
 from ws.inflight import InFlight
@@ -30,7 +31,8 @@ from ws.protocol import EXTENSION
 log = logging.getLogger(__name__)
 
 RESUBSCRIBE_DELAY_S = 0.5
-LOOKUP_THREADS = 4  # for finding users' actors; sign-in checks use the loop's default executor
+LOOKUP_THREADS = 1  # finds users' actors, a batch at a time; sign-in checks use the loop's own
+LOOKUP_BATCH_MAX = 1000
 CLOSE_TOO_SLOW = 4002
 CLOSE_DEADLINE_S = 1.0  # a close frame a stalled peer does not take: the connection is aborted
 
@@ -99,6 +101,9 @@ class ConnectionManager:
         self._subscriptions: dict[str, Follower] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._lookups = ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="actor-lookup")
+        self._directory = Coalescer(
+            self._running_actors, max_batch=LOOKUP_BATCH_MAX, executor=self._lookups
+        )
         self.on_batch: Callable[[list[Stamped]], None] = _ignore  # metrics (api/metrics.py)
         self.pipes: EventPipes | None = None  # same-node actors' events (EVENT_PIPE)
 
@@ -279,14 +284,16 @@ class ConnectionManager:
             await asyncio.wait_for(unsubscribe(handle, sub_id), timeout=5)
 
     async def _lookup(self, user_id: str) -> list[Any]:
-        """`_running_actors` on this edge's own lookup threads: a burst of new sockets' lookups
-        (Ray GCS calls) never queues ahead of their sign-in checks on the default executor."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._lookups, self._running_actors, user_id)
+        """The user's live actors (this never starts one): one, or two during a handover.
 
-    def _running_actors(self, user_id: str) -> list[Any]:
-        """The user's live actors (this never starts one): one, or two during a handover."""
-        return find_streaming(user_id, self.settings.ray_namespace)
+        Looked up on this edge's own threads, so a burst of new sockets' lookups (Ray GCS
+        calls) never queues ahead of their sign-in checks, and together: the lookups that
+        arrive while one batch is being answered form the next (a burst of 200 sockets is a
+        few GCS calls, not 400)."""
+        return await self._directory.ask(user_id) or []
+
+    def _running_actors(self, user_ids: list[str]) -> dict[str, list[Any]]:
+        return find_streaming_many(user_ids, self.settings.ray_namespace)
 
     async def _follow_hub(self) -> None:
         """Wakes the followers of users whose actor just started (from this edge's hub)."""
