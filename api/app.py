@@ -36,11 +36,11 @@ from api import (
     metrics,
     usage,
 )
+from api.checks import OwnerChecker, SessionChecker
 from api.deps import COOKIE_NAME, NOT_SIGNED_IN, token_from
 from api.errors import DATABASE_UNAVAILABLE, error_response, install_error_handlers
 from api.observe import REQUEST_ID, Observe, call_context
 from api.page import STATIC_PREFIX, install_page
-from api.session_check import SessionChecker
 from api.shutdown import AnswerWhenCutOff
 from chatdf import logs, tracing
 from chatdf.db import Database, Dataset, utcnow
@@ -301,7 +301,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     # Database calls run on the loop's default executor (asyncio.to_thread): one thread per
     # pooled connection, not asyncio's min(32, CPUs + 4). Sign-in checks of a burst share one
-    # query a batch (api/session_check.py), so they take one of these threads at a time.
+    # query a batch (api/checks.py), so they take one of these threads at a time.
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(
             max(8, settings.database_pool_size + settings.database_max_overflow),
@@ -318,6 +318,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     close_stale_loads(db, settings)
     app.state.db = db
     app.state.session_check = SessionChecker(db, settings.session_ttl_s)
+    app.state.owner_check = OwnerChecker(db)
     started_ray = connect_ray(settings)
     if settings.dev_login_enabled:
         log.warning(

@@ -121,17 +121,6 @@ def create_session(db: Session, user_id: str, ttl_s: int) -> str:
     return token
 
 
-def user_for_token(db: Session, token: str, ttl_s: int) -> User | None:
-    """The user owning a live session token, extending the session (sliding expiry)."""
-    found = live_sessions(db, [token])
-    if token not in found:
-        return None
-    row, user = found[token]
-    if sessions_due_extension([row], ttl_s):
-        row.expires_at = utcnow() + timedelta(seconds=ttl_s)
-    return user
-
-
 def live_sessions(db: Session, tokens: Iterable[str]) -> dict[str, tuple[UserSession, User]]:
     """The live (unexpired) sessions of these raw tokens and their users, by token; one query
     for them all. Tokens that are empty, too long or unknown are absent."""
@@ -272,6 +261,17 @@ def owned_conversation(db: Session, user_id: str, conversation_id: str) -> Conve
     if conv is None or conv.user_id != user_id:
         raise NotFound("Conversation not found")
     return conv
+
+
+def conversation_owners(db: Session, conversation_ids: Iterable[str]) -> dict[str, str]:
+    """The owners (user ids) of those of these conversations that exist, by conversation id."""
+    wanted = [c for c in set(conversation_ids) if _is_uuidish(c)]
+    if not wanted:
+        return {}
+    rows = db.execute(
+        select(Conversation.id, Conversation.user_id).where(Conversation.id.in_(wanted))
+    )
+    return {conv_id: user_id for conv_id, user_id in rows}
 
 
 def _is_uuidish(value: str) -> bool:

@@ -10,8 +10,8 @@ import logging
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
+from api.checks import SessionChecker
 from api.deps import token_from
-from api.session_check import SessionChecker
 from chatdf.settings import Settings
 from chatdf.store import hash_secret
 from ws.connections import Connection, ConnectionManager

@@ -1,4 +1,5 @@
-"""Sign-in checks of concurrent requests and sockets, answered together: one query a batch.
+"""The database checks of concurrent requests and sockets (their sign-in, their conversation's
+owner), answered together: one query a batch.
 
 A burst of 200 sockets opening at once (or many REST calls) used to mean 200 one-row queries on
 the loop's ten database threads: on 2 cores ≈ 1 ms of CPU each with the threads contending for
@@ -14,16 +15,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
-from api.deps import AuthUser
 from chatdf.coalesce import Coalescer
 from chatdf.db import Database
-from chatdf.store import MAX_TOKEN_CHARS, extend_sessions, live_sessions, sessions_due_extension
+from chatdf.errors import NotFound
+from chatdf.store import (
+    MAX_TOKEN_CHARS,
+    conversation_owners,
+    extend_sessions,
+    live_sessions,
+    sessions_due_extension,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 500  # tokens per query: well under any SQL engine's bound on parameters
+MAX_BATCH = 500  # keys per query: well under any SQL engine's bound on parameters
+
+
+@dataclass(frozen=True)
+class AuthUser:
+    """A signed-in user, and the session token they presented."""
+
+    id: str
+    email: str
+    token: str
 
 
 class SessionChecker:
@@ -74,3 +91,20 @@ class SessionChecker:
         with self.db.session() as s:
             extend_sessions(s, session_ids, self.ttl_s)
         return {}
+
+
+class OwnerChecker:
+    """`await check(user_id, conversation_id)`: NotFound (404) unless the conversation exists
+    and is the user's; one query for the conversations of concurrent requests."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._owners = Coalescer(self._look_up, max_batch=MAX_BATCH)
+
+    async def check(self, user_id: str, conversation_id: str) -> None:
+        if await self._owners.ask(conversation_id) != user_id:
+            raise NotFound("Conversation not found")  # never reveals that it is another's
+
+    def _look_up(self, conversation_ids: list[str]) -> dict[str, str]:
+        with self.db.session() as s:
+            return conversation_owners(s, conversation_ids)

@@ -1,4 +1,4 @@
-"""Sign-in checks answered together (api/session_check.py), on a real SQLite file."""
+"""Sign-in and ownership checks answered together (api/checks.py), on a real SQLite file."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import pytest
 from sqlalchemy import event, select, update
 from sqlalchemy.exc import OperationalError
 
-from api.session_check import SessionChecker
-from chatdf.db import Database, UserSession, utcnow
+from api.checks import OwnerChecker, SessionChecker
+from chatdf.db import Conversation, Database, UserSession, utcnow
+from chatdf.errors import NotFound
 from chatdf.store import create_session, get_or_create_user, hash_secret
 
 TTL_S = 7 * 24 * 3600
@@ -143,3 +144,21 @@ async def test_a_caller_that_goes_away_leaves_the_others_answered(db: Database) 
     answer = await staying
     assert answer is not None and answer.id == kept_id
     assert leaving.cancelled()
+
+
+async def test_owners_of_a_burst_of_conversations_are_one_query(db: Database) -> None:
+    (mine, _), (theirs, _) = sign_in(db, "me@example.com"), sign_in(db, "them@example.com")
+    with db.session() as s:
+        made = [Conversation(user_id=mine) for _ in range(10)] + [Conversation(user_id=theirs)]
+        s.add_all(made)
+        s.flush()
+        *convs, other = [c.id for c in made]
+    statements = Statements(db)
+    checker = OwnerChecker(db)
+    asks = [*convs, other, "no-such-conversation", "x" * 100]
+    results = await asyncio.gather(
+        *(checker.check(mine, conv) for conv in asks), return_exceptions=True
+    )
+    assert results[:10] == [None] * 10
+    assert all(isinstance(r, NotFound) for r in results[10:])  # another's looks like none
+    assert statements.count("SELECT") == 1
