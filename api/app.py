@@ -339,7 +339,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.actor = SessionClient(sessions, call_context)
     if app.state.metrics is not None:
         app.state.metrics.attach(manager)
-        manager.on_batch = app.state.metrics.observe_delivery
+        manager.following.on_batch = app.state.metrics.observe_delivery
     watch = asyncio.create_task(watch_sessions(manager, db, settings.session_check_interval_s))
     try:
         yield

@@ -215,7 +215,7 @@ def test_the_service_runs_a_users_load_and_query_through_its_edges_gateway(
     """End to end: REST calls, the user's session actor, the edge's hub as gateway."""
     from tests.api.test_datasets import csv_bytes, signed_in, wait_status
 
-    hub = live.manager._hub
+    hub = live.manager.following._hub
     before = ray.get(hub.gateway_stats.remote(), timeout=60)
     client, conv = signed_in(live)
     url = data_server.add("/gw.csv", csv_bytes())

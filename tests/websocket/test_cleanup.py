@@ -10,9 +10,9 @@ def test_ws_clean_1_disconnect_cleans_registry(live: LiveServer, user: SignedIn)
     """WS-CLEAN-1: one entry while connected; none after the client disconnects."""
     with live.ws(user.token):
         assert len(live.manager._connections[user.user_id]) == 1
-        assert user.user_id in live.manager._subscriptions
+        assert user.user_id in live.manager.following._subscriptions
     assert wait_until(lambda: user.user_id not in live.manager._connections)
-    assert wait_until(lambda: user.user_id not in live.manager._subscriptions)
+    assert wait_until(lambda: user.user_id not in live.manager.following._subscriptions)
 
 
 def test_ws_clean_1_actor_side_subscription_ends(live: LiveServer, user: SignedIn) -> None:

@@ -18,7 +18,7 @@ def test_ws_err_2_server_close_reaches_client_and_cleans_up(
     assert ws_helper.close_code() == 1000
     assert live.manager.count(user.user_id) == 0
     assert user.user_id not in live.manager._connections
-    assert user.user_id not in live.manager._subscriptions
+    assert user.user_id not in live.manager.following._subscriptions
 
 
 def test_ws_unk_1_unknown_type_sent_through_the_session_actor(

@@ -55,7 +55,7 @@ def test_events_of_an_actor_on_the_edges_node_take_the_pipe(live: LiveServer) ->
 
 
 def test_with_event_pipe_off_they_take_a_ray_stream(ray_streams: LiveServer) -> None:
-    assert ray_streams.manager.pipes is None
+    assert ray_streams.manager.following.pipes is None
     got = stream_once(ray_streams, "ray-stream")
     assert got["piped"] == 0
 
@@ -64,7 +64,7 @@ def test_an_actor_on_another_node_streams_through_ray(live: LiveServer) -> None:
     """The actor compares the edge's node with its own: on another node it declines the pipe
     (the socket is not reachable there) and the edge subscribes through Ray. Here the edge
     names a node that is not the actor's."""
-    live.manager.pipes.node_id = "0" * 56
+    live.manager.following.pipes.node_id = "0" * 56
     assert stream_once(live, "other-node")["piped"] == 0
 
 
@@ -78,7 +78,7 @@ def test_an_edge_that_cannot_listen_streams_through_ray(
     monkeypatch.setattr(tempfile, "tempdir", str(long_dir))
     server = LiveServer(settings).start()
     try:
-        assert server.manager.pipes is None
+        assert server.manager.following.pipes is None
         assert stream_once(server, "no-pipe")["piped"] == 0
     finally:
         server.stop()
@@ -87,7 +87,7 @@ def test_an_edge_that_cannot_listen_streams_through_ray(
 def test_the_pipe_is_private_and_takes_only_an_awaited_subscription(live: LiveServer) -> None:
     """The socket's directory is the edge user's alone; a connection that names no awaited
     subscription (or the wrong secret) is closed without a byte."""
-    path = live.manager.pipes.path
+    path = live.manager.following.pipes.path
     mode = stat.S_IMODE(os.stat(Path(path).parent).st_mode)
     assert mode == 0o700
     hellos = (b"no-such-subscription secret\n", b"\n", b"x" * 10_000 + b"\n", b"y" * 100_000)
@@ -123,7 +123,7 @@ def test_an_edge_end_that_closes_ends_the_subscription_in_the_actor(live: LiveSe
 
 
 async def _subscribe_and_close(live: LiveServer, actor: Any) -> list[Any]:
-    pipes = live.manager.pipes
+    pipes = live.manager.following.pipes
     items = await pipes.subscribe(actor, uuid.uuid4().hex, float("inf"), "", in_flight=8)
     assert items is not None
     first: list[Any] = await anext(items)
@@ -135,6 +135,7 @@ def test_an_actor_without_the_pipe_method_is_left_to_ray(live: LiveServer) -> No
     """During a deploy the edge may stream from an older deploy's actor, whose class has no
     `subscribe_pipe`: the pipe declines it (the edge then subscribes through Ray) instead of
     failing every try. Any Ray actor without the method shows it: this edge's hub."""
-    hub = live.manager._hub
+    hub = live.manager.following._hub
     assert not hasattr(hub, "subscribe_pipe")
-    assert live.call(live.manager.pipes.subscribe(hub, uuid.uuid4().hex, 0.0, "", 8)) is None
+    pipes = live.manager.following.pipes
+    assert live.call(pipes.subscribe(hub, uuid.uuid4().hex, 0.0, "", 8)) is None

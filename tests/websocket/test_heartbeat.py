@@ -66,5 +66,5 @@ def test_ws_hb_1_stale_connection_is_closed_and_cleaned(fast_live: LiveServer) -
     while fast_live.manager.count(user_id) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert fast_live.manager.count(user_id) == 0
-    assert user_id not in fast_live.manager._subscriptions
+    assert user_id not in fast_live.manager.following._subscriptions
     client.close()
