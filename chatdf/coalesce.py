@@ -44,11 +44,6 @@ class Coalescer(Generic[K, V]):
             self._drainer = asyncio.create_task(self._drain())
         return await answer
 
-    async def idle(self) -> None:
-        """Returns once nothing is waiting or being answered."""
-        while self._drainer is not None and not self._drainer.done():
-            await asyncio.shield(self._drainer)
-
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while self._waiting:

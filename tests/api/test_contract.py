@@ -313,6 +313,7 @@ def test_values_postgres_cannot_store_are_400_not_500(
                     ("PATCH", f"/conversations/{conv}", {"title": "a\x00b"}),
                     ("POST", f"/conversations/{conv}/messages", {"content": "hi\x00"}),
                     ("GET", "/conversations/%00", None),
+                    ("POST", "/conversations/%00/messages", {"content": "hi"}),  # owner check
                 ]:
                     assert_error(client.request(method, path, json=body), 400)
                 assert client.get(f"/conversations/{conv}").json()["messages"] == []
