@@ -18,10 +18,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from api.errors import UNSTORABLE
 from chatdf.coalesce import Coalescer
 from chatdf.db import Database
-from chatdf.errors import BadRequest, NotFound
+from chatdf.errors import NotFound
 from chatdf.store import (
     MAX_TOKEN_CHARS,
     conversation_owners,
@@ -103,10 +102,6 @@ class OwnerChecker:
         self._owners = Coalescer(self._look_up, max_batch=MAX_BATCH)
 
     async def check(self, user_id: str, conversation_id: str) -> None:
-        if "\x00" in conversation_id:
-            # PostgreSQL refuses NUL in text: in a batch's query it would fail every request
-            # of the batch, so this one is refused alone, as the database would (api/errors.py).
-            raise BadRequest(UNSTORABLE, "NUL character in the conversation id")
         if await self._owners.ask(conversation_id) != user_id:
             raise NotFound("Conversation not found")  # never reveals that it is another's
 

@@ -264,8 +264,11 @@ def owned_conversation(db: Session, user_id: str, conversation_id: str) -> Conve
 
 
 def conversation_owners(db: Session, conversation_ids: Iterable[str]) -> dict[str, str]:
-    """The owners (user ids) of those of these conversations that exist, by conversation id."""
-    wanted = [c for c in set(conversation_ids) if _is_uuidish(c)]
+    """The owners (user ids) of those of these conversations that exist, by conversation id.
+
+    An id with a NUL character names no conversation (ids are UUIDs) and is never sent: in one
+    `IN` list for many requests, PostgreSQL's refusal of it would fail them all."""
+    wanted = [c for c in set(conversation_ids) if _is_uuidish(c) and "\x00" not in c]
     if not wanted:
         return {}
     rows = db.execute(

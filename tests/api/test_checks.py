@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 
 from api.checks import OwnerChecker, SessionChecker
 from chatdf.db import Conversation, Database, UserSession, utcnow
-from chatdf.errors import BadRequest, NotFound
+from chatdf.errors import NotFound
 from chatdf.store import create_session, get_or_create_user, hash_secret
 
 TTL_S = 7 * 24 * 3600
@@ -164,19 +164,20 @@ async def test_owners_of_a_burst_of_conversations_are_one_query(db: Database) ->
     assert statements.count("SELECT") == 1
 
 
-async def test_an_unstorable_id_is_refused_alone_and_the_rest_of_its_batch_answered(
+async def test_an_unstorable_id_is_not_found_and_the_rest_of_its_batch_answered(
     db: Database,
 ) -> None:
-    """PostgreSQL refuses NUL in text: inside a batch's query it would fail the whole batch."""
+    """PostgreSQL refuses NUL in text: sent in a batch's query it would fail the whole batch."""
     mine, _ = sign_in(db, "nul@example.com")
     with db.session() as s:
         conv = Conversation(user_id=mine)
         s.add(conv)
         s.flush()
         conv_id = conv.id
+    statements = Statements(db)
     checker = OwnerChecker(db)
     bad, good = await asyncio.gather(
         checker.check(mine, "a\x00b"), checker.check(mine, conv_id), return_exceptions=True
     )
-    assert isinstance(bad, BadRequest) and bad.error.startswith("The request contains a value")
-    assert good is None
+    assert isinstance(bad, NotFound) and good is None
+    assert statements.count("SELECT") == 1
