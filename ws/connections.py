@@ -80,7 +80,7 @@ class ConnectionManager:
         return self._connections.get(user_id, set())
 
     def count(self, user_id: str) -> int:
-        return len(self._connections.get(user_id, ()))
+        return len(self.of(user_id))
 
     def open_count(self) -> int:
         """Sockets open on this edge, all users."""
@@ -124,7 +124,7 @@ class ConnectionManager:
     async def send_to_user(self, user_id: str, event: dict[str, Any]) -> int:
         """Queues one event for every open socket of the user; returns how many took it."""
         text = dumps(event)
-        return sum(self.enqueue(conn, text) for conn in list(self._connections.get(user_id, ())))
+        return sum(self.enqueue(conn, text) for conn in list(self.of(user_id)))
 
     def open_token_hashes(self) -> set[str]:
         """The sign-in sessions behind the open sockets."""
@@ -145,7 +145,7 @@ class ConnectionManager:
 
     async def close_user(self, user_id: str, code: int = 1000, reason: str = "") -> None:
         """Closes every socket of a user from the server side and cleans up."""
-        for conn in list(self._connections.get(user_id, ())):
+        for conn in list(self.of(user_id)):
             await self.disconnect(conn)
             await self._close(conn, code, reason)
 

@@ -159,7 +159,7 @@ class Following:
     async def _lookup(self, user_id: str) -> list[Any]:
         """The user's live actors (this never starts one): one, or two during a handover.
 
-        Looked up on this edge's own threads, so a burst of new sockets' lookups (Ray GCS
+        Looked up on this edge's own lookup thread, so a burst of new sockets' lookups (Ray GCS
         calls) never queues ahead of their sign-in checks, and together: the lookups that
         arrive while one batch is being answered form the next (a burst of 200 sockets is a
         few GCS calls, not 400)."""
